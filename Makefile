@@ -1,0 +1,43 @@
+# lacoat — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+# laion_clap imports torchvision; these pairs load together (x86_64: CUDA build, aarch64: CPU build).
+ifeq ($(ARCH),aarch64)
+TORCH_SPEC ?= torch==2.9.1 torchvision==0.24.1
+else
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+endif
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+
+.PHONY: help install test test-all lint demo clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed  ## create .venv and install lacoat with its dev extras
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev]' $(TORCH_SPEC)
+	touch $@
+
+test: install  ## fast, offline test suite
+	$(PY) -m pytest -q
+
+test-all: install  ## every test, slow ones included
+	$(PY) -m pytest -q -m 'not gpu'
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check lacoat tests
+	$(VENV)/bin/ruff format --check lacoat tests
+
+demo: install  ## generate the SynthCaps demo data set in data/synthcaps
+	$(VENV)/bin/lacoat synth --out data/synthcaps
+
+clean:  ## remove caches and build outputs (keeps .venv and data)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info

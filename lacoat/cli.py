@@ -1,0 +1,73 @@
+"""The ``lacoat`` command: Lightning's fit/validate/test/predict and the model-free tools.
+
+``lacoat --help`` must answer fast, so nothing heavy is imported here: each subcommand names the
+module that implements it, imported only when that subcommand runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+
+from lacoat import __version__
+from lacoat.errors import LacoatError
+
+# name -> (module:function taking the remaining argv, one-line help)
+TOOLS: dict[str, tuple[str, str]] = {
+    "synth": ("lacoat.tools:synth_main", "write the SynthCaps demo data set (Clotho layout)"),
+}
+
+USAGE = """usage: lacoat <command> [options]      (lacoat <command> --help for its options)
+
+lacoat {version}: language-based audio retrieval with co-attention networks.
+
+commands:
+{commands}
+"""
+
+
+def _resolve(target: str) -> Callable[[list[str]], object]:
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def usage() -> str:
+    width = max(map(len, TOOLS))
+    lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in TOOLS.items()]
+    return USAGE.format(version=__version__, commands="\n".join(lines))
+
+
+def user_message(err: BaseException) -> str:
+    """The message of a user error; for errors re-raised from DataLoader workers, the original one."""
+    text = str(err)
+    if "Original Traceback" in text:  # torch wraps worker exceptions with the worker's traceback
+        last = text.strip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if last.startswith(type(err).__module__) else last
+    return text
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``lacoat`` and ``python -m lacoat``.
+
+    Args:
+        args: command line without the program name (default: ``sys.argv[1:]``).
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        print(f"lacoat {__version__}")
+        return
+    command, rest = argv[0], argv[1:]
+    if command not in TOOLS:
+        print(f"lacoat: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        _resolve(TOOLS[command][0])(rest)
+    except LacoatError as err:
+        print(f"lacoat {command}: error: {user_message(err)}", file=sys.stderr)
+        sys.exit(2)

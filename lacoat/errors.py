@@ -1,0 +1,13 @@
+"""Errors a user can cause and fix. The CLI prints them as one message, without a traceback."""
+
+
+class LacoatError(Exception):
+    """A problem with the user's input (file, value, layout) whose message says what to do."""
+
+
+class DataError(LacoatError):
+    """A data set, caption table or annotation file is missing or malformed."""
+
+
+class AudioReadError(DataError):
+    """An audio file cannot be read or holds no samples."""

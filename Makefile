@@ -36,8 +36,9 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff check lacoat tests
 	$(VENV)/bin/ruff format --check lacoat tests
 
-demo: install  ## generate the SynthCaps demo data set in data/synthcaps
-	$(VENV)/bin/lacoat synth --out data/synthcaps
+demo: install  ## SynthCaps demo data in data/synthcaps (made once), then a check that it loads
+	@test -f data/synthcaps/clotho_captions_evaluation.csv || $(VENV)/bin/lacoat synth --out data/synthcaps
+	$(VENV)/bin/lacoat inspect --config configs/data/synthcaps.yaml
 
 clean:  ## remove caches and build outputs (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -17,6 +17,10 @@ from lacoat.errors import LacoatError
 # name -> (module:function taking the remaining argv, one-line help)
 TOOLS: dict[str, tuple[str, str]] = {
     "synth": ("lacoat.tools:synth_main", "write the SynthCaps demo data set (Clotho layout)"),
+    "inspect": (
+        "lacoat.tools:inspect_main",
+        "load the data set a config points at and report clips, captions, skips",
+    ),
 }
 
 USAGE = """usage: lacoat <command> [options]      (lacoat <command> --help for its options)

@@ -1,0 +1,163 @@
+"""``AudioTextMatcher``: encoders → projections → co-attention cascade → pools → cosine scores.
+
+Two scores come out of one model:
+
+* the **co-attention score** ``cos(pool_t(t | a), pool_a(a | t))``, computed per (text, clip) pair
+  through the cascade (a cross-encoder: an embedding depends on its partner);
+* the **bi-encoder score** ``cos(pool_t(t), pool_a(a))`` from the same pools and projections applied
+  to the unimodal tokens: a matrix product, the baseline and the cheap first stage of retrieval.
+
+Without a cascade the model is a bi-encoder and both scores coincide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lacoat.models.cascade import Cascade, Side
+from lacoat.models.pooling import AttentionPool, MaskedMeanPool
+
+
+@dataclass
+class Tokens:
+    """Projected token states of a batch of texts or clips: ``tokens [B, L, D]``, ``mask [B, L]``."""
+
+    tokens: Tensor
+    mask: Tensor
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, index: Tensor | slice) -> Tokens:
+        return Tokens(self.tokens[index], self.mask[index])
+
+    @staticmethod
+    def cat(parts: list[Tokens]) -> Tokens:
+        """Concatenate batches, padding to the longest sequence (padding is masked out)."""
+        length = max(p.tokens.shape[1] for p in parts)
+        tokens = torch.cat([F.pad(p.tokens, (0, 0, 0, length - p.tokens.shape[1])) for p in parts])
+        mask = torch.cat([F.pad(p.mask, (0, length - p.mask.shape[1])) for p in parts])
+        return Tokens(tokens, mask)
+
+    def to(self, device: torch.device | str) -> Tokens:
+        return Tokens(self.tokens.to(device), self.mask.to(device))
+
+
+class AudioTextMatcher(nn.Module):
+    """The retrieval model without its training loop.
+
+    Args:
+        audio_encoder: returns ``(audio_tokens [B, T, Da], audio_mask [B, T])`` from ``(audio, audio_valid)``.
+        text_encoder: returns ``(text_tokens [B, L, Dt], text_mask [B, L])`` from a list of strings.
+        cascade: co-attention cascade; None gives the bi-encoder baseline.
+        d_model: token width D after projection when there is no cascade (a cascade sets its own).
+        embed_dim: width E of the joint embedding space.
+        pool: ``attention`` (MCAN AttFlat) or ``mean``.
+        pair_chunk: pairs per cascade pass when scoring many pairs (memory budget).
+    """
+
+    def __init__(
+        self,
+        audio_encoder: nn.Module,
+        text_encoder: nn.Module,
+        cascade: Cascade | None = None,
+        d_model: int = 512,
+        embed_dim: int = 512,
+        pool: Literal["attention", "mean"] = "attention",
+        pair_chunk: int = 1024,
+    ) -> None:
+        super().__init__()
+        self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
+        width = cascade.dim if cascade is not None else d_model
+        self.audio_proj = nn.Sequential(nn.Linear(audio_encoder.dim, width), nn.LayerNorm(width))
+        self.text_proj = nn.Sequential(nn.Linear(text_encoder.dim, width), nn.LayerNorm(width))
+        make_pool = (
+            (lambda: AttentionPool(width, embed_dim))
+            if pool == "attention"
+            else (lambda: MaskedMeanPool(width, embed_dim))
+        )
+        self.text_pool, self.audio_pool = make_pool(), make_pool()
+        self.pair_chunk = pair_chunk
+
+    # ---- per-item work --------------------------------------------------------------------------
+    def encode_text(self, texts: list[str]) -> Tokens:
+        """Text encoder + projection. Returns ``Tokens`` with ``[B, L, D]``."""
+        tokens, mask = self.text_encoder(texts)
+        return Tokens(self.text_proj(tokens), mask)
+
+    def encode_audio(self, audio: Tensor, audio_valid: Tensor) -> Tokens:
+        """Audio encoder + projection of ``audio [B, W, S]``, ``audio_valid [B, W]``."""
+        tokens, mask = self.audio_encoder(audio, audio_valid)
+        return Tokens(self.audio_proj(tokens), mask)
+
+    def embed_text(self, text: Tokens) -> Tensor:
+        """Bi-encoder text embedding ``[B, E]``, L2-normalised."""
+        return F.normalize(self.text_pool(text.tokens, text.mask), dim=-1)
+
+    def embed_audio(self, audio: Tokens) -> Tensor:
+        """Bi-encoder audio embedding ``[B, E]``, L2-normalised."""
+        return F.normalize(self.audio_pool(audio.tokens, audio.mask), dim=-1)
+
+    def bi_scores(self, text: Tokens, audio: Tokens) -> Tensor:
+        """Bi-encoder cosine similarities ``[n_text, n_audio]``."""
+        return self.embed_text(text) @ self.embed_audio(audio).T
+
+    # ---- per-pair work --------------------------------------------------------------------------
+    def _pair_cosines(self, text: Side, audio: Side, text_index: Tensor, audio_index: Tensor) -> Tensor:
+        """Co-attention cosine of pairs ``(text_index[p], audio_index[p])``, chunked. Returns ``[P]``."""
+        out = []
+        for start in range(0, len(text_index), self.pair_chunk):
+            t = text.take(text_index[start : start + self.pair_chunk])
+            a = audio.take(audio_index[start : start + self.pair_chunk])
+            t_out, a_out = self.cascade.pairs(t, a)  # [p, Lt, D], [p, La, D]
+            t_emb = F.normalize(self.text_pool(t_out, t.mask), dim=-1)
+            a_emb = F.normalize(self.audio_pool(a_out, a.mask), dim=-1)
+            out.append((t_emb * a_emb).sum(-1))
+        return torch.cat(out) if out else text.tokens.new_zeros(0)
+
+    def pair_scores(self, text: Tokens, audio: Tokens) -> Tensor:
+        """Scores of aligned pairs (text p with clip p). Returns ``[P]``."""
+        if self.cascade is None:
+            return (self.embed_text(text) * self.embed_audio(audio)).sum(-1)
+        index = torch.arange(len(text), device=text.tokens.device)
+        t = self.cascade.prepare_text(text.tokens, text.mask)
+        a = self.cascade.prepare_audio(audio.tokens, audio.mask)
+        return self._pair_cosines(t, a, index, index)
+
+    def score_candidates(self, text: Tokens, audio: Tokens, candidates: Tensor) -> Tensor:
+        """Scores of each text with its candidate clips ``candidates [Q, K]`` (indices into ``audio``).
+
+        Returns ``[Q, K]``. Item-only work is done once per text and per clip.
+        """
+        q, k = candidates.shape
+        if self.cascade is None:
+            return (self.embed_text(text)[:, None, :] * self.embed_audio(audio)[candidates]).sum(-1)
+        t = self.cascade.prepare_text(text.tokens, text.mask)
+        a = self.cascade.prepare_audio(audio.tokens, audio.mask)
+        text_index = torch.arange(q, device=candidates.device).repeat_interleave(k)
+        return self._pair_cosines(t, a, text_index, candidates.reshape(-1)).view(q, k)
+
+    def score_matrix(self, text: Tokens, audio: Tokens, text_block: int = 256) -> Tensor:
+        """Scores of every (text, clip) pair, text-major ``[n_text, n_audio]``.
+
+        Clips are prepared once; texts in blocks of ``text_block`` (bounding the memory of the
+        per-item state); pairs run through the cascade ``pair_chunk`` at a time.
+        """
+        if self.cascade is None:
+            return self.bi_scores(text, audio)
+        n = len(audio)
+        a = self.cascade.prepare_audio(audio.tokens, audio.mask)
+        rows = []
+        for start in range(0, len(text), text_block):
+            block = text[start : start + text_block]
+            t = self.cascade.prepare_text(block.tokens, block.mask)
+            q = len(block)
+            text_index = torch.arange(q, device=block.tokens.device).repeat_interleave(n)
+            audio_index = torch.arange(n, device=block.tokens.device).repeat(q)
+            rows.append(self._pair_cosines(t, a, text_index, audio_index).view(q, n))
+        return torch.cat(rows)

@@ -1,0 +1,362 @@
+"""Retrieval metrics (DCASE definitions) from a dense score matrix, in both directions.
+
+Definitions (see DESIGN.md, "Metric names"):
+
+- Ranking: per query by score, descending. Ties are broken *pessimistically*: among equal scores the
+  non-relevant items come first, so a constant score matrix scores as badly as possible.
+- ``R@k`` is the hit rate: 1 if any relevant item is among the top ``k``, averaged over queries (what
+  audio-text papers report; not torchmetrics' ``RetrievalRecall``).
+- ``mAP@k``: ``AP@k(q) = 1/n_q * sum_{i <= k, item i relevant} precision@i`` with ``n_q`` the number of
+  *all* relevant items of ``q`` (DCASE 2025 multi-positive definition). With one relevant item this is
+  ``1/rank`` if ``rank <= k`` else 0 (DCASE mAP@10).
+
+``retrieval_metrics`` is the pure, vectorised core; ``directional_metrics`` gives the logged names for
+text→audio and audio→text; ``RetrievalMetrics`` is the torchmetrics ``Metric`` that gathers rows of the
+text→audio score matrix across ranks and computes the same numbers as a single process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+RECALL_KS: tuple[int, ...] = (1, 5, 10)
+MAP_K: int = 10
+MULTI_MAP_K: int = 16
+
+# Elements of the [q, N] chunk processed at once: a few int64/float tensors of this size (~32 MiB each).
+_CHUNK_ELEMENTS: int = 1 << 22
+
+
+def _sorted_relevance(scores: Tensor, relevance: Tensor) -> Tensor:
+    """Relevance of each query's items in ranked order, ties broken pessimistically.
+
+    Args:
+        scores: Scores of each item for each query.
+        relevance: True where the item is relevant to the query.
+
+    Returns:
+        ``relevance`` reordered per row by descending score; among equal scores non-relevant items first.
+
+    Shape:
+        - scores: ``[q, N]``
+        - relevance: ``[q, N]``
+        - output: ``[q, N]`` bool
+    """
+    # Non-relevant first, then a stable sort by score keeps that order inside groups of equal scores.
+    by_relevance = torch.argsort(relevance.to(torch.uint8), dim=1, stable=True)  # [q, N]
+    by_score = torch.argsort(scores.gather(1, by_relevance), dim=1, descending=True, stable=True)  # [q, N]
+    order = by_relevance.gather(1, by_score)  # [q, N]
+    return relevance.gather(1, order)  # [q, N]
+
+
+def retrieval_metrics(
+    scores: Tensor,
+    relevance: Tensor,
+    ks: Sequence[int] = RECALL_KS,
+    map_k: int = MAP_K,
+    chunk_elements: int = _CHUNK_ELEMENTS,
+) -> dict[str, Tensor]:
+    """Hit rate ``R@k`` for each ``k`` in ``ks`` and ``mAP@map_k``, averaged over queries.
+
+    Queries are processed in chunks of rows so that memory stays at a few tensors of
+    ``chunk_elements`` elements, whatever ``Q``.
+
+    Args:
+        scores: Score of each item for each query (query-major), higher is better. NaN is an error;
+            ``-inf`` is allowed (it ranks last).
+        relevance: True where the item is relevant to the query. Every query needs at least one.
+        ks: Cut-offs of the hit rate ``R@k``; ``k >= N`` gives 1.
+        map_k: Cut-off of the mean average precision.
+        chunk_elements: About how many score elements to rank at once.
+
+    Returns:
+        ``{"R@k": ..., f"mAP@{map_k}": ...}``, scalar float32 tensors on the device of ``scores``.
+
+    Raises:
+        ValueError: On mismatched or non-2-D shapes, a non-bool ``relevance``, NaN scores, a cut-off
+            below 1, or queries without any relevant item.
+
+    Shape:
+        - scores: ``[Q, N]``
+        - relevance: ``[Q, N]``
+    """
+    if scores.dim() != 2 or scores.shape != relevance.shape:
+        raise ValueError(
+            f"scores and relevance must be 2-D of the same shape [Q, N], got {tuple(scores.shape)} "
+            f"and {tuple(relevance.shape)}"
+        )
+    if relevance.dtype != torch.bool:
+        raise ValueError(f"relevance must be a bool tensor, got {relevance.dtype}")
+    if any(k < 1 for k in ks) or map_k < 1:
+        raise ValueError(f"cut-offs must be >= 1, got ks={tuple(ks)}, map_k={map_k}")
+    if torch.isnan(scores).any():
+        raise ValueError(f"scores hold {int(torch.isnan(scores).sum())} NaN values")
+    n_relevant = relevance.sum(dim=1)  # [Q]
+    n_without = int((n_relevant == 0).sum())
+    if n_without:
+        raise ValueError(
+            f"{n_without} of {relevance.shape[0]} queries have no relevant item; every query needs at least one"
+        )
+
+    n_queries, n_items = scores.shape
+    top = min(max([*ks, map_k]), n_items)  # only the first `top` ranks are ever read
+    rank = torch.arange(1, top + 1, device=scores.device, dtype=torch.float64)  # [top]
+    hits = {k: torch.zeros((), dtype=torch.float64, device=scores.device) for k in ks}
+    ap_sum = torch.zeros((), dtype=torch.float64, device=scores.device)
+    rows = max(1, chunk_elements // max(n_items, 1))
+    for start in range(0, n_queries, rows):
+        ranked = _sorted_relevance(scores[start : start + rows], relevance[start : start + rows])  # [q, N]
+        ranked = ranked[:, :top]  # [q, top]
+        for k in ks:
+            hits[k] += ranked[:, :k].any(dim=1).sum()
+        found = ranked[:, :map_k].to(torch.float64)  # [q, min(map_k, N)]
+        precision = found.cumsum(dim=1) / rank[: found.shape[1]]  # [q, min(map_k, N)]
+        ap = (precision * found).sum(dim=1) / n_relevant[start : start + rows]  # [q]
+        ap_sum += ap.sum()
+
+    out = {f"R@{k}": (hits[k] / n_queries).float() for k in ks}
+    out[f"mAP@{map_k}"] = (ap_sum / n_queries).float()
+    return out
+
+
+def metric_names(prefix: str, multi: bool = False) -> list[str]:
+    """The logged metric names (DESIGN.md "Metric names") that ``directional_metrics`` returns.
+
+    Args:
+        prefix: The stage, e.g. ``"val"``.
+        multi: Whether the multi-positive ``t2a_mAP@16_multi`` is included.
+
+    Returns:
+        Names such as ``"val/t2a_mAP@10"``, t2a first, then a2t, then the multi-positive one.
+    """
+    names = [
+        f"{prefix}/{direction}_{name}"
+        for direction in ("t2a", "a2t")
+        for name in (f"mAP@{MAP_K}", *(f"R@{k}" for k in RECALL_KS))
+    ]
+    if multi:
+        names.append(f"{prefix}/t2a_mAP@{MULTI_MAP_K}_multi")
+    return names
+
+
+def directional_metrics(
+    sim: Tensor,
+    relevance: Tensor,
+    prefix: str,
+    multi: tuple[Tensor, Tensor] | None = None,
+) -> dict[str, float]:
+    """Text→audio and audio→text ``mAP@10``, ``R@1/5/10`` (and multi-positive ``mAP@16``) by logged name.
+
+    Audio→text is computed on ``sim.T`` and ``relevance.T``: a clip's relevant items are its captions.
+
+    Args:
+        sim: Text-major score matrix, captions × clips.
+        relevance: True where the caption describes the clip. Every caption and every clip needs one.
+        prefix: Stage prefix of the names, e.g. ``"val"`` gives ``"val/t2a_mAP@10"``.
+        multi: Optional ``(multi_sim, multi_relevance)`` of multi-positive text queries (DCASE 2025)
+            against the same clips; gives ``f"{prefix}/t2a_mAP@16_multi"``.
+
+    Returns:
+        ``{name: value}`` with the names of ``metric_names(prefix, multi is not None)``.
+
+    Shape:
+        - sim: ``[n_text, n_audio]``
+        - relevance: ``[n_text, n_audio]``
+        - multi: ``([n_multi, n_audio], [n_multi, n_audio])``
+    """
+    out: dict[str, float] = {}
+    for direction, s, r in (("t2a", sim, relevance), ("a2t", sim.T, relevance.T)):
+        values = retrieval_metrics(s, r, RECALL_KS, MAP_K)
+        out[f"{prefix}/{direction}_mAP@{MAP_K}"] = values[f"mAP@{MAP_K}"].item()
+        for k in RECALL_KS:
+            out[f"{prefix}/{direction}_R@{k}"] = values[f"R@{k}"].item()
+    if multi is not None:
+        multi_sim, multi_relevance = multi
+        if multi_sim.dim() != 2 or multi_sim.shape[1] != sim.shape[1]:
+            raise ValueError(
+                f"multi-positive scores must be [n_multi, {sim.shape[1]}] (same clips as sim), "
+                f"got {tuple(multi_sim.shape)}"
+            )
+        values = retrieval_metrics(multi_sim, multi_relevance, (), MULTI_MAP_K)
+        out[f"{prefix}/t2a_mAP@{MULTI_MAP_K}_multi"] = values[f"mAP@{MULTI_MAP_K}"].item()
+    return out
+
+
+class RetrievalMetrics(Metric):
+    """Gathers rows of the text→audio score matrix (across ranks) and computes ``directional_metrics``.
+
+    The score matrix has one row per text query and one column per clip. Rows are identified by a query
+    index in ``0..Q-1`` where ``Q = n_text + n_multi``:
+
+    - caption queries: the rows *not* in ``multi_query_rows``, in ascending order, match the rows of
+      ``relevance``;
+    - multi-positive queries: the rows ``multi_query_rows`` match the rows of ``multi_relevance``.
+      By default they are ``n_text..Q-1`` (multi-positive queries appended after the captions).
+
+    Call ``update`` with score rows and their query indices, in any order and split over any number of
+    ranks; rows may repeat (``DistributedSampler`` pads with duplicates), the first copy is kept.
+    ``compute`` checks that every query is present and returns ``{name: float}`` with the names of
+    ``metric_names(prefix, multi_relevance is not None)``; the values are exactly those of
+    ``directional_metrics`` on the dense matrix. States are concatenated across ranks.
+
+    Only the full evaluation set gives meaningful numbers, so ``forward`` (``metric(scores, index)``)
+    just updates and returns ``None``.
+
+    Args:
+        relevance: True where caption ``i`` describes clip ``j``.
+        prefix: Stage prefix of the names, e.g. ``"val"``.
+        multi_relevance: Optional relevance of the multi-positive queries (DCASE 2025).
+        multi_query_rows: Query indices of the multi-positive rows; default after the caption rows.
+
+    Shape:
+        - relevance: ``[n_text, n_audio]`` bool
+        - multi_relevance: ``[n_multi, n_audio]`` bool
+        - multi_query_rows: ``[n_multi]`` integer
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    scores: list[Tensor]
+    query_index: list[Tensor]
+
+    def __init__(
+        self,
+        relevance: Tensor,
+        prefix: str,
+        multi_relevance: Tensor | None = None,
+        multi_query_rows: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if relevance.dim() != 2 or relevance.dtype != torch.bool:
+            raise ValueError(
+                f"relevance must be a 2-D bool tensor, got {relevance.dtype} {tuple(relevance.shape)}"
+            )
+        n_text, n_audio = relevance.shape
+        for what, counts in (("captions", relevance.sum(dim=1)), ("clips", relevance.sum(dim=0))):
+            if (counts == 0).any():
+                raise ValueError(f"{int((counts == 0).sum())} {what} have no relevant item in relevance")
+        n_multi = 0
+        if multi_relevance is None:
+            if multi_query_rows is not None:
+                raise ValueError("multi_query_rows is given without multi_relevance")
+            multi_relevance = torch.zeros(0, n_audio, dtype=torch.bool)
+        else:
+            if multi_relevance.dim() != 2 or multi_relevance.dtype != torch.bool:
+                raise ValueError(
+                    f"multi_relevance must be a 2-D bool tensor, got {multi_relevance.dtype} "
+                    f"{tuple(multi_relevance.shape)}"
+                )
+            if multi_relevance.shape[1] != n_audio:
+                raise ValueError(
+                    f"multi_relevance has {multi_relevance.shape[1]} clips, relevance has {n_audio}"
+                )
+            n_multi = multi_relevance.shape[0]
+            if n_multi == 0:
+                raise ValueError(
+                    "multi_relevance has no rows; pass None when there are no multi-positive queries"
+                )
+        n_queries = n_text + n_multi
+        if multi_query_rows is None:
+            multi_query_rows = torch.arange(n_text, n_queries)
+        multi_query_rows = multi_query_rows.long().flatten()  # [n_multi]
+        if (
+            multi_query_rows.numel() != n_multi
+            or multi_query_rows.unique().numel() != n_multi
+            or (
+                multi_query_rows.numel()
+                and not 0 <= int(multi_query_rows.min()) <= int(multi_query_rows.max()) < n_queries
+            )
+        ):
+            raise ValueError(
+                f"multi_query_rows must hold {n_multi} distinct query indices in [0, {n_queries}), "
+                f"got {multi_query_rows.numel()} values"
+            )
+        is_multi = torch.zeros(n_queries, dtype=torch.bool)
+        is_multi[multi_query_rows] = True
+
+        self.prefix = prefix
+        self.has_multi = n_multi > 0
+        self.n_queries = n_queries
+        self.n_audio = n_audio
+        # Buffers follow the metric's device; not persistent, they are configuration, not state.
+        self.register_buffer("relevance", relevance.clone(), persistent=False)  # [n_text, n_audio]
+        self.register_buffer(
+            "multi_relevance", multi_relevance.clone(), persistent=False
+        )  # [n_multi, n_audio]
+        self.register_buffer("multi_query_rows", multi_query_rows, persistent=False)  # [n_multi]
+        self.register_buffer("text_query_rows", (~is_multi).nonzero().flatten(), persistent=False)  # [n_text]
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("query_index", default=[], dist_reduce_fx="cat")
+
+    def update(self, scores: Tensor, query_index: Tensor) -> None:
+        """Append rows of the text→audio score matrix.
+
+        Args:
+            scores: Scores of a batch of text queries against all clips.
+            query_index: Row of each query in the full score matrix, in ``0..Q-1``.
+
+        Shape:
+            - scores: ``[q, n_audio]``
+            - query_index: ``[q]``
+        """
+        if scores.dim() != 2 or scores.shape[1] != self.n_audio:
+            raise ValueError(f"scores must be [q, {self.n_audio}] (all clips), got {tuple(scores.shape)}")
+        if query_index.shape != scores.shape[:1]:
+            raise ValueError(
+                f"query_index must be [{scores.shape[0]}] (one per score row), got {tuple(query_index.shape)}"
+            )
+        self.scores.append(scores.detach().float())  # [q, n_audio]
+        self.query_index.append(query_index.detach().long())  # [q]
+
+    def forward(self, scores: Tensor, query_index: Tensor) -> None:
+        """Same as ``update``: metrics of a single batch are meaningless for retrieval.
+
+        Shape:
+            - scores: ``[q, n_audio]``
+            - query_index: ``[q]``
+        """
+        self.update(scores, query_index)
+
+    def compute(self) -> dict[str, float]:
+        """Metrics of the dense score matrix assembled from all rows seen (on all ranks).
+
+        Raises:
+            ValueError: If a query index is out of range or a query is missing.
+        """
+        if isinstance(self.query_index, list) and not self.query_index:
+            raise ValueError(
+                f"RetrievalMetrics({self.prefix!r}): no scores were given (update was never called)"
+            )
+        scores = dim_zero_cat(self.scores)  # [rows, n_audio]
+        query_index = dim_zero_cat(self.query_index)  # [rows]
+        out_of_range = (query_index < 0) | (query_index >= self.n_queries)
+        if out_of_range.any():
+            raise ValueError(
+                f"RetrievalMetrics({self.prefix!r}): {int(out_of_range.sum())} query indices outside "
+                f"[0, {self.n_queries}), e.g. {int(query_index[out_of_range][0])}"
+            )
+        order = torch.argsort(query_index, stable=True)  # [rows]
+        sorted_index = query_index[order]  # [rows]
+        first = torch.ones_like(sorted_index, dtype=torch.bool)  # [rows]
+        first[1:] = sorted_index[1:] != sorted_index[:-1]
+        order = order[first]  # [Q'] rows of the distinct queries, by query index
+        if order.numel() != self.n_queries:
+            present = torch.zeros(self.n_queries, dtype=torch.bool, device=query_index.device)
+            present[query_index] = True
+            missing = (~present).nonzero().flatten()
+            raise ValueError(
+                f"RetrievalMetrics({self.prefix!r}): {missing.numel()} of {self.n_queries} queries have no "
+                f"scores, e.g. query indices {missing[:5].tolist()}; every query must be evaluated"
+            )
+        dense = scores[order]  # [Q, n_audio]
+        multi = None
+        if self.has_multi:
+            multi = (dense[self.multi_query_rows], self.multi_relevance)
+        return directional_metrics(dense[self.text_query_rows], self.relevance, self.prefix, multi)

@@ -1,0 +1,256 @@
+"""Retrieval metrics: hand-computed values, pessimistic ties, torchmetrics cross-check, metric gathering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchmetrics.retrieval import RetrievalHitRate, RetrievalMAP
+
+from lacoat.metrics import RetrievalMetrics, directional_metrics, metric_names, retrieval_metrics
+
+
+def ranked_rows(n_items: int, relevant_ranks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores where item ``i`` has rank ``i + 1`` and relevance at the given 1-based ranks.
+
+    Shape:
+        - output: ``([Q, N], [Q, N])``
+    """
+    scores = torch.arange(n_items, 0, -1, dtype=torch.float32).repeat(len(relevant_ranks), 1)  # [Q, N]
+    relevance = torch.zeros(len(relevant_ranks), n_items, dtype=torch.bool)  # [Q, N]
+    for q, ranks in enumerate(relevant_ranks):
+        relevance[q, torch.tensor(ranks) - 1] = True
+    return scores, relevance
+
+
+def shuffle_items(
+    scores: torch.Tensor, relevance: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same ranking with items in a random column order (the metrics must not depend on it)."""
+    perm = torch.randperm(scores.shape[1], generator=torch.Generator().manual_seed(seed))
+    return scores[:, perm], relevance[:, perm]
+
+
+def test_single_positive_hand_values() -> None:
+    scores, relevance = ranked_rows(12, [[1], [3], [12]])
+    scores, relevance = shuffle_items(scores, relevance, seed=0)
+    out = retrieval_metrics(scores, relevance)
+    assert set(out) == {"R@1", "R@5", "R@10", "mAP@10"}
+    assert out["R@1"].item() == pytest.approx(1 / 3)
+    assert out["R@5"].item() == pytest.approx(2 / 3)
+    assert out["R@10"].item() == pytest.approx(2 / 3)
+    assert out["mAP@10"].item() == pytest.approx((1 + 1 / 3 + 0) / 3)
+    assert all(v.dim() == 0 and v.dtype == torch.float32 for v in out.values())
+
+
+def test_multi_positive_divides_by_all_relevant() -> None:
+    # q0: 4 relevant at ranks 2, 5, 11, 15 -> only 2 within k=10: AP = (1/2 + 2/5) / 4
+    # q1: 2 relevant at ranks 1, 3: AP = (1/1 + 2/3) / 2
+    scores, relevance = ranked_rows(20, [[2, 5, 11, 15], [1, 3]])
+    scores, relevance = shuffle_items(scores, relevance, seed=1)
+    out = retrieval_metrics(scores, relevance, ks=(1, 5), map_k=10)
+    assert set(out) == {"R@1", "R@5", "mAP@10"}
+    ap0 = (1 / 2 + 2 / 5) / 4
+    ap1 = (1 + 2 / 3) / 2
+    assert out["mAP@10"].item() == pytest.approx((ap0 + ap1) / 2)
+    assert out["R@1"].item() == pytest.approx(0.5)
+    assert out["R@5"].item() == pytest.approx(1.0)
+    # mAP@16 reaches the 11th and 15th: (1/2 + 2/5 + 3/11 + 4/15) / 4
+    out16 = retrieval_metrics(scores, relevance, ks=(), map_k=16)
+    assert out16["mAP@16"].item() == pytest.approx(((1 / 2 + 2 / 5 + 3 / 11 + 4 / 15) / 4 + ap1) / 2)
+
+
+def test_ties_are_pessimistic() -> None:
+    relevance = torch.eye(3, 4, dtype=torch.bool)  # [3, 4] one relevant item each
+    out = retrieval_metrics(torch.zeros(3, 4), relevance)
+    assert out["R@1"].item() == 0.0  # relevant item ranks after the 3 tied non-relevant ones
+    assert out["R@5"].item() == 1.0  # k >= N
+    assert out["mAP@10"].item() == pytest.approx(1 / 4)
+    # Tie inside a ranking: [5, 5, 5, 1] with relevance [T, F, T, F] ranks as F, T, T, F.
+    scores = torch.tensor([[5.0, 5.0, 5.0, 1.0]])
+    relevance = torch.tensor([[True, False, True, False]])
+    out = retrieval_metrics(scores, relevance)
+    assert out["R@1"].item() == 0.0
+    assert out["mAP@10"].item() == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_chunking_does_not_change_values() -> None:
+    gen = torch.Generator().manual_seed(2)
+    scores = torch.randint(0, 5, (37, 23), generator=gen).float()  # many ties
+    relevance = torch.rand(37, 23, generator=gen) < 0.2
+    relevance[torch.arange(37), torch.randint(0, 23, (37,), generator=gen)] = True
+    full = retrieval_metrics(scores, relevance, ks=(1, 5, 10, 50), map_k=16)
+    small = retrieval_metrics(scores, relevance, ks=(1, 5, 10, 50), map_k=16, chunk_elements=50)
+    assert {k: v.item() for k, v in full.items()} == {k: v.item() for k, v in small.items()}
+    assert full["R@50"].item() == 1.0
+
+
+def test_errors() -> None:
+    relevance = torch.eye(3, 4, dtype=torch.bool)
+    relevance[1] = False
+    with pytest.raises(ValueError, match="1 of 3 queries have no relevant item"):
+        retrieval_metrics(torch.zeros(3, 4), relevance)
+    with pytest.raises(ValueError, match="same shape"):
+        retrieval_metrics(torch.zeros(3, 5), torch.eye(3, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="bool"):
+        retrieval_metrics(torch.zeros(3, 4), torch.eye(3, 4))
+    with pytest.raises(ValueError, match="NaN"):
+        retrieval_metrics(torch.full((3, 4), float("nan")), torch.eye(3, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_single_positive_matches_torchmetrics(seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    n_queries, n_items = 40, 30
+    scores = torch.randn(n_queries, n_items, generator=gen, dtype=torch.float64)  # continuous: no ties
+    relevance = torch.zeros(n_queries, n_items, dtype=torch.bool)
+    relevance[torch.arange(n_queries), torch.randint(0, n_items, (n_queries,), generator=gen)] = True
+    ours = retrieval_metrics(scores, relevance)
+
+    # torchmetrics >= 1.7.4 treats relevant items with score <= 0 as not retrieved: use positive scores.
+    preds = scores.exp().flatten()
+    target = relevance.flatten()
+    indexes = torch.arange(n_queries).repeat_interleave(n_items)
+    expected = {"mAP@10": RetrievalMAP(top_k=10)(preds, target, indexes=indexes)}
+    for k in (1, 5, 10):
+        expected[f"R@{k}"] = RetrievalHitRate(top_k=k)(preds, target, indexes=indexes)
+    for name, value in expected.items():
+        assert ours[name].item() == pytest.approx(value.item(), abs=1e-6), name
+
+
+def test_multi_positive_hit_rate_matches_torchmetrics() -> None:
+    gen = torch.Generator().manual_seed(5)
+    scores = torch.randn(25, 40, generator=gen)
+    relevance = torch.rand(25, 40, generator=gen) < 0.1
+    relevance[:, 0] = True
+    ours = retrieval_metrics(scores, relevance)
+    indexes = torch.arange(25).repeat_interleave(40)
+    for k in (1, 5, 10):
+        ref = RetrievalHitRate(top_k=k)(scores.exp().flatten(), relevance.flatten(), indexes=indexes)
+        assert ours[f"R@{k}"].item() == pytest.approx(ref.item(), abs=1e-6)
+
+
+def clotho_like(seed: int, n_audio: int = 8, per_clip: int = 5, n_multi: int = 6) -> dict[str, torch.Tensor]:
+    """Random caption/clip scores: captions of clip ``j`` are rows ``j*per_clip .. (j+1)*per_clip-1``."""
+    gen = torch.Generator().manual_seed(seed)
+    relevance = torch.eye(n_audio, dtype=torch.bool).repeat_interleave(per_clip, dim=0)  # [n_text, n_audio]
+    multi_relevance = torch.rand(n_multi, n_audio, generator=gen) < 0.3  # [n_multi, n_audio]
+    multi_relevance[torch.arange(n_multi), torch.randint(0, n_audio, (n_multi,), generator=gen)] = True
+    n_queries = relevance.shape[0] + n_multi
+    return {
+        "relevance": relevance,
+        "multi_relevance": multi_relevance,
+        "sim": torch.randn(n_queries, n_audio, generator=gen),  # [Q, n_audio] all query rows
+        "multi_rows": torch.randperm(n_queries, generator=gen)[:n_multi],  # [n_multi]
+    }
+
+
+def test_directional_names_and_transpose() -> None:
+    data = clotho_like(0)
+    n_text = data["relevance"].shape[0]
+    sim = data["sim"][:n_text]  # [n_text, n_audio]
+    multi_sim = data["sim"][n_text:]  # [n_multi, n_audio]
+    out = directional_metrics(sim, data["relevance"], "val", multi=(multi_sim, data["multi_relevance"]))
+    expected_names = {
+        "val/t2a_mAP@10",
+        "val/t2a_R@1",
+        "val/t2a_R@5",
+        "val/t2a_R@10",
+        "val/a2t_mAP@10",
+        "val/a2t_R@1",
+        "val/a2t_R@5",
+        "val/a2t_R@10",
+        "val/t2a_mAP@16_multi",
+    }
+    assert set(out) == expected_names == set(metric_names("val", multi=True))
+    assert set(directional_metrics(sim, data["relevance"], "test")) == set(metric_names("test"))
+    assert all(isinstance(v, float) for v in out.values())
+
+    a2t = retrieval_metrics(sim.T, data["relevance"].T)
+    t2a = retrieval_metrics(sim, data["relevance"])
+    for name in ("mAP@10", "R@1", "R@5", "R@10"):
+        assert out[f"val/a2t_{name}"] == a2t[name].item()
+        assert out[f"val/t2a_{name}"] == t2a[name].item()
+    multi = retrieval_metrics(multi_sim, data["multi_relevance"], ks=(), map_k=16)
+    assert out["val/t2a_mAP@16_multi"] == multi["mAP@16"].item()
+
+
+@pytest.mark.parametrize("custom_rows", [False, True])
+def test_metric_gathers_shuffled_padded_rows(custom_rows: bool) -> None:
+    data = clotho_like(1)
+    sim = data["sim"]  # [Q, n_audio]
+    n_queries = sim.shape[0]
+    n_text = data["relevance"].shape[0]
+    multi_rows = data["multi_rows"] if custom_rows else torch.arange(n_text, n_queries)
+    text_rows = torch.tensor([q for q in range(n_queries) if q not in set(multi_rows.tolist())])
+    expected = directional_metrics(
+        sim[text_rows], data["relevance"], "val", multi=(sim[multi_rows], data["multi_relevance"])
+    )
+
+    def make() -> RetrievalMetrics:
+        return RetrievalMetrics(
+            data["relevance"],
+            "val",
+            multi_relevance=data["multi_relevance"],
+            multi_query_rows=multi_rows if custom_rows else None,
+        )
+
+    # Two "ranks", shuffled order, chunks of 7, padded with duplicates of the first rows.
+    order = torch.randperm(n_queries, generator=torch.Generator().manual_seed(3))
+    order = torch.cat([order, order[:3]])
+    ranks = [make(), make()]
+    for i, chunk in enumerate(order.split(7)):
+        ranks[i % 2].update(sim[chunk], chunk)
+    ranks[0].merge_state(ranks[1])
+    assert ranks[0].compute() == expected
+
+    single = make()
+    assert single(sim, torch.arange(n_queries)) is None  # forward only updates
+    assert single.compute() == expected
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method")
+def test_metric_without_multi() -> None:
+    data = clotho_like(2)
+    n_text = data["relevance"].shape[0]
+    sim = data["sim"][:n_text]
+    metric = RetrievalMetrics(data["relevance"], "test")
+    metric.update(sim.flip(0), torch.arange(n_text).flip(0))
+    out = metric.compute()
+    assert set(out) == set(metric_names("test"))
+    assert out == directional_metrics(sim, data["relevance"], "test")
+    metric.reset()
+    with pytest.raises(ValueError, match="update was never called"):
+        metric.compute()
+
+
+def test_metric_missing_or_bad_query_raises() -> None:
+    data = clotho_like(3)
+    sim = data["sim"]
+    n_queries = sim.shape[0]
+    metric = RetrievalMetrics(data["relevance"], "val", multi_relevance=data["multi_relevance"])
+    keep = torch.arange(n_queries) != 4
+    metric.update(sim[keep], torch.arange(n_queries)[keep])
+    metric.update(sim[:2], torch.arange(2))  # duplicates do not hide the gap
+    with pytest.raises(ValueError, match=r"1 of 46 queries have no scores, e\.g\. query indices \[4\]"):
+        metric.compute()
+
+    metric = RetrievalMetrics(data["relevance"], "val", multi_relevance=data["multi_relevance"])
+    metric.update(sim, torch.arange(n_queries) + 1)
+    with pytest.raises(ValueError, match="outside"):
+        metric.compute()
+    with pytest.raises(ValueError, match="all clips"):
+        metric.update(sim[:, :3], torch.arange(n_queries))
+    with pytest.raises(ValueError, match="one per score row"):
+        metric.update(sim, torch.arange(3))
+
+
+def test_metric_constructor_checks() -> None:
+    relevance = torch.eye(4, dtype=torch.bool)
+    with pytest.raises(ValueError, match="1 clips have no relevant item"):
+        RetrievalMetrics(torch.eye(3, 4, dtype=torch.bool), "val")  # clip 3 has no caption
+    with pytest.raises(ValueError, match="multi_query_rows"):
+        RetrievalMetrics(
+            relevance, "val", multi_relevance=relevance[:2], multi_query_rows=torch.tensor([0, 9])
+        )
+    with pytest.raises(ValueError, match="without multi_relevance"):
+        RetrievalMetrics(relevance, "val", multi_query_rows=torch.tensor([0]))

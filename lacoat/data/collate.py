@@ -1,0 +1,43 @@
+"""Batch assembly: pad clips to the same number of windows, keep captions as strings."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Collate dataset items into a batch; items that are ``None`` (skipped bad clips) are dropped.
+
+    Returns:
+        A dict with whichever of these the items carry:
+        ``audio [B, W, S]`` float32 (W = most windows in the batch, zero-padded),
+        ``audio_valid [B, W]`` int64 real samples per window (0 = padding window),
+        ``captions`` list of B strings, ``clip_index [B]`` and ``query_index [B]`` int64,
+        and ``n_skipped`` (items dropped).
+    """
+    kept = [item for item in items if item is not None]
+    batch: dict[str, Any] = {"n_skipped": len(items) - len(kept)}
+    if not kept:
+        return batch
+    first = kept[0]
+    if "audio" in first:
+        n_windows = max(item["audio"].shape[0] for item in kept)
+        n_samples = first["audio"].shape[1]
+        audio = torch.zeros(len(kept), n_windows, n_samples)
+        valid = torch.zeros(len(kept), n_windows, dtype=torch.long)
+        for i, item in enumerate(kept):
+            w = item["audio"].shape[0]
+            audio[i, :w] = torch.as_tensor(item["audio"])
+            valid[i, :w] = torch.as_tensor(item["valid_samples"])
+        batch["audio"], batch["audio_valid"] = audio, valid
+    if "caption" in first:
+        batch["captions"] = [item["caption"] for item in kept]
+    for key in ("clip_index", "query_index"):
+        if key in first:
+            batch[key] = torch.tensor([item[key] for item in kept], dtype=torch.long)
+    return batch

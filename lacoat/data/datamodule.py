@@ -1,0 +1,215 @@
+"""``RetrievalDataModule``: any ``CaptionSource`` as training pairs and evaluation sets.
+
+Training batches are caption–clip pairs with a clip identity per item (captions of one clip are
+positives of each other). Evaluation uses two loaders, unique clips and text queries, so each clip is
+read once; ``EvalSet`` says which clips each query should find.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from lacoat.data.audio import audio_info
+from lacoat.data.collate import collate
+from lacoat.data.datasets import AudioLoader, ClipDataset, EvalSet, PairDataset, QueryDataset
+from lacoat.data.source import CaptionSource
+from lacoat.data.table import Policy, read_augmented, read_multi_positive
+from lacoat.errors import AudioReadError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def drop_unavailable_clips(
+    table: pd.DataFrame, split: str, max_missing_fraction: float, on_bad_audio: Policy, check_audio: bool
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Remove rows whose clip is missing (or, with ``check_audio``, unreadable) and report them.
+
+    Missing files are skipped up to ``max_missing_fraction`` of the split's clips. Unreadable files
+    (empty, corrupt header) are an error unless ``on_bad_audio == "skip"``; skipped ones count towards
+    the same fraction.
+
+    Returns:
+        The remaining rows and the ``(audio_path, reason)`` of every skipped clip.
+    """
+    paths = table["audio_path"].drop_duplicates().tolist()
+    missing, bad = [], []
+    for path in paths:
+        if not Path(path).is_file():
+            missing.append((path, "missing"))
+        elif check_audio:
+            try:
+                audio_info(path)
+            except AudioReadError as err:
+                bad.append((path, str(err)))
+    if bad and on_bad_audio == "error":
+        raise DataError(
+            f"{len(bad)} unreadable audio file(s) in split '{split}'; first: {bad[0][1]}\n"
+            "Replace them, or set data.on_bad_audio: skip to leave them out (they are then counted)."
+        )
+    skipped = missing + bad
+    if not skipped:
+        return table, []
+    fraction = len(skipped) / len(paths)
+    if fraction > max_missing_fraction:
+        raise DataError(
+            f"{len(skipped)} of {len(paths)} clips ({fraction:.1%}) of split '{split}' are missing or "
+            f"unreadable, more than max_missing_fraction={max_missing_fraction:g}; first: '{skipped[0][0]}'. "
+            "Check the data root and the audio file pattern, or raise max_missing_fraction."
+        )
+    log.warning(
+        "split '%s': skipped %d of %d clips (%.1f%%: %d missing, %d unreadable), first: %s",
+        split, len(skipped), len(paths), 100 * fraction, len(missing), len(bad), skipped[0][0],
+    )
+    gone = {p for p, _ in skipped}
+    return table[~table["audio_path"].isin(gone)].reset_index(drop=True), skipped
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """Language-based audio retrieval data from any ``CaptionSource`` (Clotho, AudioCaps, own CSV).
+
+    Args:
+        source: the data set (``lacoat.data.Clotho``, ``lacoat.data.AudioCaps``, ``lacoat.data.CaptionCsv``).
+        batch_size: training pairs per batch.
+        eval_batch_size: clips or queries per evaluation batch (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        sample_rate: rate the audio encoder expects (Hz); files are resampled to it.
+        window_seconds: window length (s); longer clips become several windows.
+        max_train_windows: windows per training clip (a random run of them); None keeps all.
+        max_eval_windows: windows per evaluation clip (the first ones); None keeps all.
+        min_last_window: drop a trailing partial window shorter than this fraction of a window.
+        on_bad_audio: ``error`` stops on a corrupt or empty file; ``skip`` leaves it out and counts it.
+        on_empty_caption: ``error`` or ``skip`` for blank captions.
+        check_audio: read every file's header at setup, so bad files surface before training starts.
+        augmented_captions: CSV of paraphrased training captions (``file_name,caption`` + provenance);
+            added to the training split only.
+        multi_positive: DCASE 2025 ``metadata_eval.csv`` (``query,audio_filenames``) for the test split.
+        pin_memory: pin batches (default: when CUDA is available).
+        seed: seed of shuffling and of random window choice.
+    """
+
+    def __init__(
+        self,
+        source: CaptionSource,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 2,
+        sample_rate: int = 48000,
+        window_seconds: float = 10.0,
+        max_train_windows: int | None = None,
+        max_eval_windows: int | None = None,
+        min_last_window: float = 0.0,
+        on_bad_audio: Policy = "error",
+        on_empty_caption: Policy = "error",
+        check_audio: bool = True,
+        augmented_captions: str | None = None,
+        multi_positive: str | None = None,
+        pin_memory: bool | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["source"])
+        self.source = source
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.train_loader = AudioLoader(sample_rate, window_seconds, max_train_windows, min_last_window)
+        self.eval_loader = AudioLoader(sample_rate, window_seconds, max_eval_windows, min_last_window)
+        self.on_bad_audio = on_bad_audio
+        self.on_empty_caption = on_empty_caption
+        self.check_audio = check_audio
+        self.augmented_captions = augmented_captions
+        self.multi_positive = multi_positive
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.seed = seed
+        self.train_table: pd.DataFrame | None = None
+        self.eval_sets: dict[str, EvalSet] = {}
+        self.skipped: dict[str, list[tuple[str, str]]] = {}
+
+    # ---- reading -------------------------------------------------------------------------------
+    def load_table(self, stage: str) -> pd.DataFrame:
+        """Caption table of ``stage`` (train/val/test) with unavailable clips removed and counted."""
+        table = self.source.read_stage(stage, self.on_empty_caption)
+        if table.empty:
+            raise DataError(f"the {stage} split of {self.source!r} has no captions.")
+        table, skipped = drop_unavailable_clips(
+            table, self.source.splits[stage], self.source.max_missing_fraction, self.on_bad_audio, self.check_audio
+        )
+        self.skipped[stage] = skipped
+        return table
+
+    def training_table(self) -> pd.DataFrame:
+        """Training captions, with augmented captions (if configured) appended."""
+        table = self.load_table("train")
+        if self.augmented_captions:
+            aug = read_augmented(self.augmented_captions, table["file_name"].tolist(), self.on_empty_caption)
+            paths = table.drop_duplicates("file_name").set_index("file_name")["audio_path"]
+            aug["audio_path"] = paths.loc[aug["file_name"]].to_numpy()
+            table = pd.concat([table, aug], ignore_index=True)
+        return table
+
+    def eval_set(self, stage: str) -> EvalSet:
+        """The ``EvalSet`` of ``val`` or ``test`` (multi-positive annotations on ``test``)."""
+        if stage not in self.eval_sets:
+            multi = read_multi_positive(self.multi_positive) if stage == "test" and self.multi_positive else None
+            self.eval_sets[stage] = EvalSet.from_table(self.load_table(stage), multi)
+        return self.eval_sets[stage]
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            if self.train_table is None:
+                self.train_table = self.training_table()
+            if "val" in self.source.splits:
+                self.eval_set("val")
+        elif stage == "validate":
+            self.eval_set("val")
+        elif stage in ("test", "predict"):
+            self.eval_set("test")
+
+    # ---- loaders -------------------------------------------------------------------------------
+    def clip_identity(self) -> np.ndarray:
+        """``[len(train_table)]`` clip index of each training caption (equal index = same clip)."""
+        assert self.train_table is not None, "call setup('fit') first"
+        return pd.factorize(self.train_table["file_name"])[0]
+
+    def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            drop_last=shuffle and len(dataset) > batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_table is not None, "call setup('fit') first"
+        dataset = PairDataset(
+            self.train_table, self.clip_identity(), self.train_loader, self.on_bad_audio, self.seed
+        )
+        return self._loader(dataset, self.batch_size, shuffle=True)
+
+    def eval_dataloaders(self, stage: str) -> list[DataLoader]:
+        """``[clips, queries]`` loaders of the ``val`` or ``test`` set."""
+        eval_set = self.eval_set(stage)
+        clips = ClipDataset(eval_set.clips["audio_path"].tolist(), self.eval_loader)
+        queries = QueryDataset(eval_set.queries["text"].tolist())
+        return [self._loader(clips, self.eval_batch_size, False), self._loader(queries, self.eval_batch_size, False)]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self.eval_dataloaders("val") if "val" in self.source.splits else []
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.eval_dataloaders("test")
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        return self.eval_dataloaders("test")

@@ -1,0 +1,183 @@
+"""Torch datasets over caption tables: training pairs, evaluation clips, evaluation queries."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from lacoat.data.audio import AudioWindows, cut_windows, read_audio
+from lacoat.data.table import Policy
+from lacoat.errors import AudioReadError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AudioLoader:
+    """Reads a clip and cuts it into windows for the audio encoder.
+
+    Attributes:
+        sample_rate: encoder rate (Hz).
+        window_seconds: window length (s).
+        max_windows: windows kept per clip; None keeps all.
+        min_last_window: drop a trailing partial window shorter than this fraction of a window.
+    """
+
+    sample_rate: int
+    window_seconds: float
+    max_windows: int | None = None
+    min_last_window: float = 0.0
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.sample_rate * self.window_seconds)
+
+    def load(self, path: str, rng: np.random.Generator | None = None) -> AudioWindows:
+        """Read ``path`` into ``AudioWindows``; ``rng`` picks a random run of windows (training)."""
+        wave = read_audio(path, self.sample_rate)
+        return cut_windows(wave, self.window_samples, self.max_windows, self.min_last_window, rng)
+
+
+class PairDataset(Dataset):
+    """Training pairs: one item per caption, with the index of its clip (same clip = positive).
+
+    Args:
+        table: caption table (``caption``, ``audio_path`` columns).
+        clip_index: ``[len(table)]`` clip identity of each row.
+        loader: audio reader.
+        on_bad_audio: ``skip`` returns None for an unreadable clip (the batch drops it); ``error`` raises.
+        seed: seed of the random window choice.
+    """
+
+    def __init__(
+        self, table: pd.DataFrame, clip_index: np.ndarray, loader: AudioLoader, on_bad_audio: Policy, seed: int = 0
+    ) -> None:
+        self.captions = table["caption"].tolist()
+        self.paths = table["audio_path"].tolist()
+        self.clip_index = clip_index
+        self.loader = loader
+        self.on_bad_audio = on_bad_audio
+        self.generator = torch.Generator().manual_seed(seed)  # used in the main process (no workers)
+
+    def _rng(self) -> np.random.Generator | None:
+        """Random source for window choice: a worker's torch RNG (seeded by the DataLoader's
+        generator) or, without workers, this dataset's own generator. Both follow from the seed."""
+        if self.loader.max_windows is None:
+            return None
+        in_worker = torch.utils.data.get_worker_info() is not None
+        draw = torch.randint(0, 2**31 - 1, (1,), generator=None if in_worker else self.generator)
+        return np.random.default_rng(int(draw))
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        try:
+            windows = self.loader.load(self.paths[i], self._rng())
+        except AudioReadError as err:
+            if self.on_bad_audio == "error":
+                raise
+            log.warning("skipped training clip: %s", err)
+            return None
+        return {
+            "audio": windows.waveform,
+            "valid_samples": windows.valid_samples,
+            "caption": self.captions[i],
+            "clip_index": int(self.clip_index[i]),
+        }
+
+
+class ClipDataset(Dataset):
+    """Evaluation gallery: each unique clip once, deterministic windows."""
+
+    def __init__(self, paths: list[str], loader: AudioLoader) -> None:
+        self.paths = paths
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        windows = self.loader.load(self.paths[i])
+        return {"audio": windows.waveform, "valid_samples": windows.valid_samples, "clip_index": i}
+
+
+class QueryDataset(Dataset):
+    """Evaluation queries (caption texts)."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"caption": self.texts[i], "query_index": i}
+
+
+@dataclass
+class EvalSet:
+    """An evaluation split: unique clips, text queries and which clips each query should find.
+
+    Attributes:
+        clips: one row per clip (``file_name``, ``audio_path``), in first-seen order.
+        queries: one row per query: ``text``, ``group`` (``caption``: the split's own captions, one
+            relevant clip each; ``multi``: multi-positive annotations) and ``relevant`` (clip indices).
+    """
+
+    clips: pd.DataFrame
+    queries: pd.DataFrame
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, multi_positive: pd.DataFrame | None = None) -> EvalSet:
+        """Build from a caption table, optionally adding DCASE 2025 multi-positive queries."""
+        clips = table.drop_duplicates("file_name")[["file_name", "audio_path"]].reset_index(drop=True)
+        index = {name: i for i, name in enumerate(clips["file_name"])}
+        queries = pd.DataFrame(
+            {
+                "text": table["caption"].to_numpy(),
+                "group": "caption",
+                "relevant": [[index[n]] for n in table["file_name"]],
+            }
+        )
+        if multi_positive is not None:
+            unknown = sorted({n for names in multi_positive["file_names"] for n in names if n not in index})
+            if unknown:
+                raise DataError(
+                    f"multi-positive annotations name {len(unknown)} clip(s) that are not in this split "
+                    f"(first: {unknown[:3]}). Use the annotations of the same split, or skip fewer clips."
+                )
+            multi = pd.DataFrame(
+                {
+                    "text": multi_positive["query"].to_numpy(),
+                    "group": "multi",
+                    "relevant": [[index[n] for n in names] for names in multi_positive["file_names"]],
+                }
+            )
+            queries = pd.concat([queries, multi], ignore_index=True)
+        return cls(clips=clips, queries=queries)
+
+    def groups(self) -> list[str]:
+        """Query groups present (``caption``, and ``multi`` when annotations were given)."""
+        return list(dict.fromkeys(self.queries["group"]))
+
+    def relevance(self, group: str = "caption") -> torch.Tensor:
+        """``[Q_group, N]`` bool: whether clip n is relevant to query q of ``group``.
+
+        Its transpose is the audio→text relevance (for ``caption``: a clip's own captions).
+        """
+        rows = self.queries[self.queries["group"] == group]
+        rel = torch.zeros(len(rows), len(self.clips), dtype=torch.bool)
+        for q, clips in enumerate(rows["relevant"]):
+            rel[q, clips] = True
+        return rel
+
+    def query_indices(self, group: str = "caption") -> torch.Tensor:
+        """Positions in ``queries`` of the rows of ``group``."""
+        return torch.as_tensor(np.flatnonzero(self.queries["group"].to_numpy() == group))

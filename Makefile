@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[dev]' $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e '.[dev,demo]' $(TORCH_SPEC)
 	touch $@
 
 test: install  ## fast, offline test suite

@@ -11,3 +11,7 @@ class DataError(LacoatError):
 
 class AudioReadError(DataError):
     """An audio file cannot be read or holds no samples."""
+
+
+class ModelError(LacoatError):
+    """A model, checkpoint or encoder setting is missing, unreadable or inconsistent."""

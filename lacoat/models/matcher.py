@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lacoat.models.cascade import Cascade, Side
+from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 from lacoat.models.pooling import AttentionPool, MaskedMeanPool
 
 
@@ -63,8 +64,8 @@ class AudioTextMatcher(nn.Module):
 
     def __init__(
         self,
-        audio_encoder: nn.Module,
-        text_encoder: nn.Module,
+        audio_encoder: AudioEncoder,
+        text_encoder: TextEncoder,
         cascade: Cascade | None = None,
         d_model: int = 512,
         embed_dim: int = 512,
@@ -120,27 +121,30 @@ class AudioTextMatcher(nn.Module):
             out.append((t_emb * a_emb).sum(-1))
         return torch.cat(out) if out else text.tokens.new_zeros(0)
 
-    def pair_scores(self, text: Tokens, audio: Tokens) -> Tensor:
-        """Scores of aligned pairs (text p with clip p). Returns ``[P]``."""
+    def score_index_pairs(self, text: Tokens, audio: Tokens, text_index: Tensor, audio_index: Tensor) -> Tensor:
+        """Scores of the pairs ``(text[text_index[p]], audio[audio_index[p]])``. Returns ``[P]``.
+
+        Item-only work is done once per text and per clip, however often each is paired.
+        """
         if self.cascade is None:
-            return (self.embed_text(text) * self.embed_audio(audio)).sum(-1)
-        index = torch.arange(len(text), device=text.tokens.device)
+            return (self.embed_text(text)[text_index] * self.embed_audio(audio)[audio_index]).sum(-1)
         t = self.cascade.prepare_text(text.tokens, text.mask)
         a = self.cascade.prepare_audio(audio.tokens, audio.mask)
-        return self._pair_cosines(t, a, index, index)
+        return self._pair_cosines(t, a, text_index, audio_index)
+
+    def pair_scores(self, text: Tokens, audio: Tokens) -> Tensor:
+        """Scores of aligned pairs (text p with clip p). Returns ``[P]``."""
+        index = torch.arange(len(text), device=text.tokens.device)
+        return self.score_index_pairs(text, audio, index, index)
 
     def score_candidates(self, text: Tokens, audio: Tokens, candidates: Tensor) -> Tensor:
         """Scores of each text with its candidate clips ``candidates [Q, K]`` (indices into ``audio``).
 
-        Returns ``[Q, K]``. Item-only work is done once per text and per clip.
+        Returns ``[Q, K]``.
         """
         q, k = candidates.shape
-        if self.cascade is None:
-            return (self.embed_text(text)[:, None, :] * self.embed_audio(audio)[candidates]).sum(-1)
-        t = self.cascade.prepare_text(text.tokens, text.mask)
-        a = self.cascade.prepare_audio(audio.tokens, audio.mask)
         text_index = torch.arange(q, device=candidates.device).repeat_interleave(k)
-        return self._pair_cosines(t, a, text_index, candidates.reshape(-1)).view(q, k)
+        return self.score_index_pairs(text, audio, text_index, candidates.reshape(-1)).view(q, k)
 
     def score_matrix(self, text: Tokens, audio: Tokens, text_block: int = 256) -> Tensor:
         """Scores of every (text, clip) pair, text-major ``[n_text, n_audio]``.

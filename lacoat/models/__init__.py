@@ -1,0 +1,1 @@
+"""Models: encoders, co-attention units and cascades, pooling, the matcher (plain ``nn.Module`` code)."""

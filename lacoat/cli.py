@@ -15,7 +15,15 @@ from lacoat import __version__
 from lacoat.errors import LacoatError
 
 # name -> (module:function taking the remaining argv, one-line help)
+TRAINER = "lacoat.lightning_cli:run"  # takes the subcommand too
 TOOLS: dict[str, tuple[str, str]] = {
+    "fit": (TRAINER, "train a model: lacoat fit --config configs/demo.yaml"),
+    "validate": (TRAINER, "validation metrics of a checkpoint (default: best of the latest run)"),
+    "test": (
+        TRAINER,
+        "test metrics of a checkpoint, written to test_metrics.json (default: best of the latest run)",
+    ),
+    "predict": (TRAINER, "rank the test clips for every test query, written to predictions.csv"),
     "synth": ("lacoat.tools:synth_main", "write the SynthCaps demo data set (Clotho layout)"),
     "inspect": (
         "lacoat.tools:inspect_main",
@@ -71,7 +79,8 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        _resolve(TOOLS[command][0])(rest)
+        target = TOOLS[command][0]
+        _resolve(target)(argv if target == TRAINER else rest)
     except LacoatError as err:
         print(f"lacoat {command}: error: {user_message(err)}", file=sys.stderr)
         sys.exit(2)

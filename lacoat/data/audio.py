@@ -118,4 +118,3 @@ def cut_windows(
     starts = np.arange(first, first + n_windows) * window_samples
     valid = np.clip(total - starts, 0, window_samples).astype(np.int64)
     return AudioWindows(waveform=np.ascontiguousarray(windows), valid_samples=valid)
-

@@ -53,7 +53,9 @@ def read_audiocaps_split(
     start = pd.to_numeric(df["start_time"], errors="coerce")
     if start.isna().any():
         line = int(start.isna().to_numpy().argmax()) + 2
-        raise DataError(f"'{path}' line {line}: start_time {df['start_time'].iloc[line - 2]!r} is not a number")
+        raise DataError(
+            f"'{path}' line {line}: start_time {df['start_time'].iloc[line - 2]!r} is not a number"
+        )
     start_text = df["start_time"].str.strip()  # as written: "20", not "20.0"
     end_text = [str(int(s + 10)) if float(s).is_integer() else str(s + 10) for s in start]
     names = [

@@ -65,7 +65,13 @@ def drop_unavailable_clips(
         )
     log.warning(
         "split '%s': skipped %d of %d clips (%.1f%%: %d missing, %d unreadable), first: %s",
-        split, len(skipped), len(paths), 100 * fraction, len(missing), len(bad), skipped[0][0],
+        split,
+        len(skipped),
+        len(paths),
+        100 * fraction,
+        len(missing),
+        len(bad),
+        skipped[0][0],
     )
     gone = {p for p, _ in skipped}
     return table[~table["audio_path"].isin(gone)].reset_index(drop=True), skipped
@@ -139,7 +145,11 @@ class RetrievalDataModule(L.LightningDataModule):
         if table.empty:
             raise DataError(f"the {stage} split of {self.source!r} has no captions.")
         table, skipped = drop_unavailable_clips(
-            table, self.source.splits[stage], self.source.max_missing_fraction, self.on_bad_audio, self.check_audio
+            table,
+            self.source.splits[stage],
+            self.source.max_missing_fraction,
+            self.on_bad_audio,
+            self.check_audio,
         )
         self.skipped[stage] = skipped
         return table
@@ -157,7 +167,9 @@ class RetrievalDataModule(L.LightningDataModule):
     def eval_set(self, stage: str) -> EvalSet:
         """The ``EvalSet`` of ``val`` or ``test`` (multi-positive annotations on ``test``)."""
         if stage not in self.eval_sets:
-            multi = read_multi_positive(self.multi_positive) if stage == "test" and self.multi_positive else None
+            multi = (
+                read_multi_positive(self.multi_positive) if stage == "test" and self.multi_positive else None
+            )
             self.eval_sets[stage] = EvalSet.from_table(self.load_table(stage), multi)
         return self.eval_sets[stage]
 
@@ -203,7 +215,10 @@ class RetrievalDataModule(L.LightningDataModule):
         eval_set = self.eval_set(stage)
         clips = ClipDataset(eval_set.clips["audio_path"].tolist(), self.eval_loader)
         queries = QueryDataset(eval_set.queries["text"].tolist())
-        return [self._loader(clips, self.eval_batch_size, False), self._loader(queries, self.eval_batch_size, False)]
+        return [
+            self._loader(clips, self.eval_batch_size, False),
+            self._loader(queries, self.eval_batch_size, False),
+        ]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self.eval_dataloaders("val") if "val" in self.source.splits else []

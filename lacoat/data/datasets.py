@@ -56,7 +56,12 @@ class PairDataset(Dataset):
     """
 
     def __init__(
-        self, table: pd.DataFrame, clip_index: np.ndarray, loader: AudioLoader, on_bad_audio: Policy, seed: int = 0
+        self,
+        table: pd.DataFrame,
+        clip_index: np.ndarray,
+        loader: AudioLoader,
+        on_bad_audio: Policy,
+        seed: int = 0,
     ) -> None:
         self.captions = table["caption"].tolist()
         self.paths = table["audio_path"].tolist()
@@ -167,12 +172,12 @@ class EvalSet:
         """Query groups present (``caption``, and ``multi`` when annotations were given)."""
         return list(dict.fromkeys(self.queries["group"]))
 
-    def relevance(self, group: str = "caption") -> torch.Tensor:
-        """``[Q_group, N]`` bool: whether clip n is relevant to query q of ``group``.
+    def relevance(self, group: str | None = "caption") -> torch.Tensor:
+        """``[Q_group, N]`` bool: whether clip n is relevant to query q of ``group`` (None: all queries).
 
         Its transpose is the audio→text relevance (for ``caption``: a clip's own captions).
         """
-        rows = self.queries[self.queries["group"] == group]
+        rows = self.queries if group is None else self.queries[self.queries["group"] == group]
         rel = torch.zeros(len(rows), len(self.clips), dtype=torch.bool)
         for q, clips in enumerate(rows["relevant"]):
             rel[q, clips] = True

@@ -102,13 +102,25 @@ def _repeated(unit: np.ndarray, count: int, period: int) -> np.ndarray:
 def event_length(ev: Event) -> float:
     """Length in seconds that ``synthesize_event`` gives ``ev``."""
     long = ev.length == "long"
-    fixed = {"tone": 1.2 if long else 0.35, "hum": 1.6 if long else 0.8, "hiss": 1.2 if long else 0.3,
-             "rumble": 1.6 if long else 0.8, "buzz": 1.2 if long else 0.4, "siren": 1.8 if long else 1.0,
-             "sweep_up": 0.6, "sweep_down": 0.6}
+    fixed = {
+        "tone": 1.2 if long else 0.35,
+        "hum": 1.6 if long else 0.8,
+        "hiss": 1.2 if long else 0.3,
+        "rumble": 1.6 if long else 0.8,
+        "buzz": 1.2 if long else 0.4,
+        "siren": 1.8 if long else 1.0,
+        "sweep_up": 0.6,
+        "sweep_down": 0.6,
+    }
     if ev.kind in fixed:
         return fixed[ev.kind]
-    period, unit = {"clicks": (0.18, 0.01), "knocks": (0.3, 0.12), "bell": (0.55, 0.5),
-                    "chirps": (0.22, 0.08), "drips": (0.35, 0.06)}[ev.kind]
+    period, unit = {
+        "clicks": (0.18, 0.01),
+        "knocks": (0.3, 0.12),
+        "bell": (0.55, 0.5),
+        "chirps": (0.22, 0.08),
+        "drips": (0.35, 0.06),
+    }[ev.kind]
     return period * (ev.count - 1) + unit
 
 
@@ -139,7 +151,9 @@ def synthesize_event(ev: Event, sr: int, rng: np.random.Generator) -> np.ndarray
     elif ev.kind == "knocks":
         m = int(0.12 * sr)
         tt = np.arange(m) / sr
-        unit = (np.sin(2 * np.pi * 140 * tt) + 0.3 * rng.standard_normal(m) * np.exp(-tt * 200)) * np.exp(-tt * 35)
+        unit = (np.sin(2 * np.pi * 140 * tt) + 0.3 * rng.standard_normal(m) * np.exp(-tt * 200)) * np.exp(
+            -tt * 35
+        )
         x = _repeated(unit, ev.count, int(0.3 * sr))
     elif ev.kind == "bell":
         m = int(0.5 * sr)
@@ -274,8 +288,11 @@ def _counted(rng: np.random.Generator, count: int, singular: list[str], plural: 
 
 def describe_event(ev: Event, rng: np.random.Generator) -> str:
     """A noun phrase for one event, naming its count and (usually) its pitch, length and loudness."""
-    pitch_adj = {"low": ["low", "deep", "low-pitched"], "mid": ["medium", "mid-pitched", "steady"],
-                 "high": ["high", "shrill", "high-pitched"]}[ev.pitch]
+    pitch_adj = {
+        "low": ["low", "deep", "low-pitched"],
+        "mid": ["medium", "mid-pitched", "steady"],
+        "high": ["high", "shrill", "high-pitched"],
+    }[ev.pitch]
     length_adj = {"short": ["short", "brief", "quick"], "long": ["long", "sustained", "lingering"]}[ev.length]
     k = ev.kind
     det: str | None = None  # None: "a"/"an", chosen after the adjectives
@@ -294,16 +311,24 @@ def describe_event(ev: Event, rng: np.random.Generator) -> str:
     elif k == "rumble":
         core = _pick(rng, ["low rumble", "deep rumbling", "distant rumble", "rumbling noise"])
     elif k == "clicks":
-        det, core = _counted(rng, ev.count, ["click", "tick", "sharp click"], ["clicks", "ticks", "sharp clicks"])
+        det, core = _counted(
+            rng, ev.count, ["click", "tick", "sharp click"], ["clicks", "ticks", "sharp clicks"]
+        )
     elif k == "knocks":
-        det, core = _counted(rng, ev.count, ["knock", "thud", "dull knock"], ["knocks", "thuds", "dull knocks"])
+        det, core = _counted(
+            rng, ev.count, ["knock", "thud", "dull knock"], ["knocks", "thuds", "dull knocks"]
+        )
     elif k == "bell":
         bell = _pick(rng, ["bell", "chime"])
         if rng.random() < 0.5:
             core = f"{_pick(rng, pitch_adj)} {bell} ringing {COUNT_TIMES[ev.count]}"
         else:
-            det, core = _counted(rng, ev.count, [f"{_pick(rng, pitch_adj)} {bell} strike", "ding"],
-                                 [f"{_pick(rng, pitch_adj)} {bell} strikes", "dings"])
+            det, core = _counted(
+                rng,
+                ev.count,
+                [f"{_pick(rng, pitch_adj)} {bell} strike", "ding"],
+                [f"{_pick(rng, pitch_adj)} {bell} strikes", "dings"],
+            )
     elif k == "buzz":
         core = f"{_pick(rng, pitch_adj)} {_pick(rng, ['buzz', 'buzzing', 'buzzer'])}"
     elif k == "chirps":
@@ -315,31 +340,56 @@ def describe_event(ev: Event, rng: np.random.Generator) -> str:
     else:  # pragma: no cover - the vocabulary is closed
         raise ValueError(k)
     if ev.loudness != "normal" and rng.random() < 0.7:
-        loud = _pick(rng, ["loud", "strong"]) if ev.loudness == "loud" else _pick(rng, ["faint", "quiet", "soft"])
+        loud = (
+            _pick(rng, ["loud", "strong"])
+            if ev.loudness == "loud"
+            else _pick(rng, ["faint", "quiet", "soft"])
+        )
         core = f"{loud} {core}"
     if det is None or det == "a":
         det = "an" if core[0] in "aeiou" else "a"
     return f"{det} {core}"
 
 
-SINGLE = ["{0}", "the sound of {0}", "{0} can be heard", "a recording of {0}", "{0} in a quiet room",
-          "there is {0}"]
-PAIR = ["{0}, then {1}", "{0} followed by {1}", "first {0}, and after that {1}", "{1} after {0}",
-        "{0} and then {1}", "{1}, preceded by {0}", "{0} before {1}", "{0}; later {1}"]
-TRIPLE = ["{0}, then {1}, then {2}", "{0}, followed by {1} and finally {2}",
-          "first {0}, next {1}, and lastly {2}", "{0} first, then {1}, and {2} at the end",
-          "{0}, after which {1} and then {2}"]
-OVERLAP = ["{1} over {0}", "{1} while {0} continues", "{0} with {1} on top", "{1} against {0}",
-           "{0} and {1} at the same time", "{1} with {0} in the background"]
+SINGLE = [
+    "{0}",
+    "the sound of {0}",
+    "{0} can be heard",
+    "a recording of {0}",
+    "{0} in a quiet room",
+    "there is {0}",
+]
+PAIR = [
+    "{0}, then {1}",
+    "{0} followed by {1}",
+    "first {0}, and after that {1}",
+    "{1} after {0}",
+    "{0} and then {1}",
+    "{1}, preceded by {0}",
+    "{0} before {1}",
+    "{0}; later {1}",
+]
+TRIPLE = [
+    "{0}, then {1}, then {2}",
+    "{0}, followed by {1} and finally {2}",
+    "first {0}, next {1}, and lastly {2}",
+    "{0} first, then {1}, and {2} at the end",
+    "{0}, after which {1} and then {2}",
+]
+OVERLAP = [
+    "{1} over {0}",
+    "{1} while {0} continues",
+    "{0} with {1} on top",
+    "{1} against {0}",
+    "{0} and {1} at the same time",
+    "{1} with {0} in the background",
+]
 
 
 def caption(spec: ClipSpec, rng: np.random.Generator) -> str:
     """One caption: every event named, counts stated, order (or overlap) explicit."""
     phrases = [describe_event(ev, rng) for ev in spec.events]
-    if spec.arrangement == "overlap":
-        templates = OVERLAP
-    else:
-        templates = {1: SINGLE, 2: PAIR, 3: TRIPLE}[len(phrases)]
+    templates = OVERLAP if spec.arrangement == "overlap" else {1: SINGLE, 2: PAIR, 3: TRIPLE}[len(phrases)]
     text = _pick(rng, templates).format(*phrases)
     return text[0].upper() + text[1:] + "."
 
@@ -432,8 +482,10 @@ def synthesize(
                 spec.twin_of = specs[int(spec.twin_of)].file_name
             spec.captions = captions(spec, rng)
             wave = render(spec, sample_rate, rng)
-            _write_atomic(audio_dir / spec.file_name,
-                          lambda p, w=wave: sf.write(str(p), w, sample_rate, subtype="PCM_16", format="WAV"))
+            _write_atomic(
+                audio_dir / spec.file_name,
+                lambda p, w=wave: sf.write(str(p), w, sample_rate, subtype="PCM_16", format="WAV"),
+            )
             rows.append([spec.file_name, *spec.captions])
         csv_path = root / f"clotho_captions_{split}.csv"
 
@@ -445,7 +497,13 @@ def synthesize(
 
         _write_atomic(csv_path, write_csv)
         manifest[split] = [asdict(spec) for spec in specs]
-    _write_atomic(root / "synthcaps_events.json",
-                  lambda p: p.write_text(json.dumps({"seed": seed, "sample_rate": sample_rate, "splits": manifest},
-                                                    indent=1, ensure_ascii=False), encoding="utf-8"))
+    _write_atomic(
+        root / "synthcaps_events.json",
+        lambda p: p.write_text(
+            json.dumps(
+                {"seed": seed, "sample_rate": sample_rate, "splits": manifest}, indent=1, ensure_ascii=False
+            ),
+            encoding="utf-8",
+        ),
+    )
     return {split: sizes[split] for split in SPLITS}

@@ -51,7 +51,9 @@ def read_csv_strict(path: str | Path, required: Sequence[str], encoding: str = "
     return df
 
 
-def drop_empty_captions(df: pd.DataFrame, path: str | Path, policy: Policy, row_numbers: pd.Series) -> pd.DataFrame:
+def drop_empty_captions(
+    df: pd.DataFrame, path: str | Path, policy: Policy, row_numbers: pd.Series
+) -> pd.DataFrame:
     """Remove rows whose caption is empty or blank, or raise, by ``policy``.
 
     Args:
@@ -113,7 +115,11 @@ def read_augmented(path: str | Path, train_file_names: Sequence[str], policy: Po
             "Was it made from another data set or split?"
         )
     if not known.all():
-        log.warning("%s: %d augmented caption(s) name clips outside the training split; ignored", path, int((~known).sum()))
+        log.warning(
+            "%s: %d augmented caption(s) name clips outside the training split; ignored",
+            path,
+            int((~known).sum()),
+        )
     aug = aug[known].copy()
     aug["source"] = "augmented"
     return aug.reset_index(drop=True)

@@ -121,7 +121,9 @@ class AudioTextMatcher(nn.Module):
             out.append((t_emb * a_emb).sum(-1))
         return torch.cat(out) if out else text.tokens.new_zeros(0)
 
-    def score_index_pairs(self, text: Tokens, audio: Tokens, text_index: Tensor, audio_index: Tensor) -> Tensor:
+    def score_index_pairs(
+        self, text: Tokens, audio: Tokens, text_index: Tensor, audio_index: Tensor
+    ) -> Tensor:
         """Scores of the pairs ``(text[text_index[p]], audio[audio_index[p]])``. Returns ``[P]``.
 
         Item-only work is done once per text and per clip, however often each is paired.
@@ -165,3 +167,24 @@ class AudioTextMatcher(nn.Module):
             audio_index = torch.arange(n, device=block.tokens.device).repeat(q)
             rows.append(self._pair_cosines(t, a, text_index, audio_index).view(q, n))
         return torch.cat(rows)
+
+    def rerank_matrix(self, text: Tokens, audio: Tokens, k: int, below: float = 3.0) -> Tensor:
+        """Two-stage scores ``[n_text, n_audio]``: the bi-encoder shortlists, co-attention re-scores.
+
+        Each text's top ``k`` clips and each clip's top ``k`` texts by bi-encoder score are re-scored
+        with the cascade; every other pair keeps its bi-encoder score lowered by ``below`` (cosines lie
+        in [-1, 1], so re-scored pairs rank first and the rest keep the bi-encoder's order). With ``k``
+        at least the gallery size this equals ``score_matrix``.
+        """
+        bi = self.bi_scores(text, audio)  # [Q, N]
+        if self.cascade is None:
+            return bi
+        shortlist = torch.zeros_like(bi, dtype=torch.bool)
+        shortlist.scatter_(1, bi.topk(min(k, bi.shape[1]), dim=1).indices, True)  # text → audio
+        shortlist.scatter_(0, bi.topk(min(k, bi.shape[0]), dim=0).indices, True)  # audio → text
+        text_index, audio_index = shortlist.nonzero(as_tuple=True)
+        scores = bi - below
+        scores[text_index, audio_index] = self.score_index_pairs(text, audio, text_index, audio_index).to(
+            bi.dtype
+        )
+        return scores

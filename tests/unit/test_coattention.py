@@ -193,3 +193,26 @@ def test_gradients_flow_through_pair_scoring():
     matcher.score_matrix(text, audio).sum().backward()
     assert text.tokens.grad is not None and text.tokens.grad.abs().sum() > 0
     assert all(p.grad is not None for p in matcher.cascade.parameters())
+
+
+@pytest.mark.parametrize("name", ["stacking", "iterating_text", "biencoder"])
+def test_rerank_with_full_shortlist_equals_exhaustive(name):
+    matcher = make_matcher(name)
+    text, audio = features()
+    with torch.no_grad():
+        assert torch.equal(
+            matcher.rerank_matrix(text, audio, k=len(audio)), matcher.score_matrix(text, audio)
+        )
+
+
+def test_rerank_rescores_exactly_the_shortlist():
+    matcher = make_matcher("iterating_text")
+    text, audio = features()
+    with torch.no_grad():
+        bi, full = matcher.bi_scores(text, audio), matcher.score_matrix(text, audio)
+        two_stage = matcher.rerank_matrix(text, audio, k=1)
+    shortlisted = torch.zeros_like(bi, dtype=torch.bool)
+    shortlisted[torch.arange(5), bi.argmax(1)] = True
+    shortlisted[bi.argmax(0), torch.arange(4)] = True
+    assert torch.allclose(two_stage[shortlisted], full[shortlisted], atol=1e-10)
+    assert torch.allclose(two_stage[~shortlisted], bi[~shortlisted] - 3.0)

@@ -12,6 +12,7 @@ import torch
 
 from lacoat.errors import LacoatError, ModelError
 from lacoat.models.encoders.base import file_fingerprint, window_token_mask
+from tests.helpers import save_random_clap_checkpoint, save_tiny_text_model
 
 # ---------------------------------------------------------------------------------------------------
 # base
@@ -156,25 +157,9 @@ def test_hf_pretrained_minilm_tokens_and_mask(minilm) -> None:
 
 @pytest.mark.parametrize("arch", ["roberta", "bert"])
 def test_hf_tiny_random_model_from_local_folder(tmp_path: Path, minilm_dir: Path, arch: str) -> None:
-    from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel
-
     from lacoat.models.encoders import HFTextEncoder
 
-    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
-    config_cls, model_cls = (RobertaConfig, RobertaModel) if arch == "roberta" else (BertConfig, BertModel)
-    config = config_cls(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=80,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model_cls(config).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-
+    save_tiny_text_model(tmp_path, arch)
     encoder = HFTextEncoder(str(tmp_path), max_length=12)
     tokens, mask = encoder(["two clicks then a hum", "a bell"])
     assert encoder.dim == 32 and tokens.shape == (2, mask.shape[1], 32)
@@ -205,20 +190,8 @@ def test_hf_missing_model_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def clap_reference(tmp_path_factory: pytest.TempPathFactory):
     """laion_clap's own HTSAT-tiny branch (seeded), saved the way published CLAP files are."""
-    from lacoat.models.encoders.clap import build_htsat_branch
-
-    torch.manual_seed(123)
-    branch = build_htsat_branch("HTSAT-tiny").eval()
-    with torch.no_grad():  # non-trivial batch-norm statistics, so that loading them matters
-        branch.bn0.running_mean.uniform_(-2.0, 2.0)
-        branch.bn0.running_var.uniform_(0.5, 2.0)
-    state = {f"module.audio_branch.{k}": v for k, v in branch.state_dict().items()}
-    state["module.text_branch.embeddings.position_ids"] = torch.arange(514)[None]
-    state["module.text_branch.embeddings.word_embeddings.weight"] = torch.zeros(8, 4)
-    state["module.logit_scale_a"] = torch.tensor(2.0)
-    state["module.audio_projection.0.weight"] = torch.zeros(4, 768)
     path = tmp_path_factory.mktemp("clap") / "630k-audioset-best.pt"
-    torch.save({"epoch": 45, "name": "test", "state_dict": state}, path)
+    branch, state = save_random_clap_checkpoint(path)
     return branch, path, state
 
 

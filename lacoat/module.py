@@ -1,0 +1,243 @@
+"""``LacoatModule``: training, evaluation and prediction around an ``AudioTextMatcher``.
+
+The module receives its parts (matcher with encoders and cascade, loss) by injection, so a YAML
+config picks them by ``class_path``. Evaluation collects token features of the split's unique clips
+and of its queries (two dataloaders), then scores every query against every clip at epoch end and
+computes the DESIGN.md metrics from that dense matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal
+
+import lightning as L
+import pandas as pd
+import torch
+from torch import Tensor
+
+from lacoat.losses import NTXentLoss, hardest_negatives
+from lacoat.metrics import directional_metrics
+from lacoat.models.matcher import AudioTextMatcher, Tokens
+
+log = logging.getLogger(__name__)
+
+
+class LacoatModule(L.LightningModule):
+    """Language-based audio retrieval with a co-attention matcher.
+
+    Args:
+        matcher: encoders, projections, cascade (or none: bi-encoder) and pools.
+        loss: NT-Xent; its ``aux_weight`` weighs the auxiliary bi-encoder term.
+        train_pairs: ``full`` scores all B×B pairs of a batch with the cascade (B² passes);
+            ``hard_negatives`` scores each query's positive and its ``hard_negatives`` hardest
+            in-batch negatives, ranked by the bi-encoder, in both directions (B·(1+2M) passes).
+        hard_negatives: M, negatives per query in ``hard_negatives`` mode.
+        lr: learning rate of everything but the encoders.
+        encoder_lr: learning rate of trainable encoder weights.
+        weight_decay: AdamW weight decay (never on biases, norms or the temperature).
+        warmup_steps: linear warm-up steps, then cosine decay to zero at the last step.
+        eval_mode: ``exhaustive`` scores every (query, clip) pair with the cascade; ``rerank`` lets the
+            bi-encoder shortlist ``rerank_k`` clips per query (and queries per clip) and re-scores
+            only those with the cascade (two-stage retrieval).
+        rerank_k: shortlist size K of ``rerank``.
+        eval_text_block: queries prepared at once when scoring the evaluation matrix exhaustively.
+        predict_top_k: clips per query written by ``predict``.
+    """
+
+    def __init__(
+        self,
+        matcher: AudioTextMatcher,
+        loss: NTXentLoss,
+        train_pairs: Literal["full", "hard_negatives"] = "full",
+        hard_negatives: int = 7,
+        lr: float = 3e-4,
+        encoder_lr: float = 1e-5,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 100,
+        eval_mode: Literal["exhaustive", "rerank"] = "rerank",
+        rerank_k: int = 16,
+        eval_text_block: int = 256,
+        predict_top_k: int = 10,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["matcher", "loss"])
+        self.matcher, self.loss = matcher, loss
+        self.train_pairs, self.hard_negatives = train_pairs, hard_negatives
+        self.lr, self.encoder_lr, self.weight_decay, self.warmup_steps = (
+            lr,
+            encoder_lr,
+            weight_decay,
+            warmup_steps,
+        )
+        self.eval_mode, self.rerank_k = eval_mode, rerank_k
+        self.eval_text_block, self.predict_top_k = eval_text_block, predict_top_k
+        self._eval: dict[str, list] = {}
+        self.test_results: dict[str, float] = {}
+        self.rankings: pd.DataFrame | None = None
+
+    # ---- training -------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        text = self.matcher.encode_text(batch["captions"])
+        audio = self.matcher.encode_audio(batch["audio"], batch["audio_valid"])
+        clip = batch["clip_index"]
+        bi = self.matcher.bi_scores(text, audio)  # [B, B]
+        if self.matcher.cascade is None:
+            out = self.loss(bi, clip, clip)
+        elif self.train_pairs == "full":
+            out = self.loss(self.matcher.score_matrix(text, audio), clip, clip, aux_sim=bi)
+        else:
+            out = self._hard_negative_loss(text, audio, clip, bi)
+        batch_size = len(clip)
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size)
+        self.log("train/loss_main", out["loss_main"], batch_size=batch_size)
+        self.log("train/loss_aux", out["loss_aux"], batch_size=batch_size)
+        self.log("train/temperature", out["temperature"], batch_size=batch_size)
+        return out["loss"]
+
+    def _hard_negative_loss(self, text: Tokens, audio: Tokens, clip: Tensor, bi: Tensor) -> dict[str, Tensor]:
+        m = self.hard_negatives
+        neg_audio = hardest_negatives(bi.detach(), clip, clip, m)  # [B, M] clips for each caption
+        neg_text = hardest_negatives(bi.detach().T, clip, clip, m)  # [B, M] captions for each clip
+        b = len(clip)
+        rows = torch.arange(b, device=clip.device)
+        text_index = torch.cat([rows, rows.repeat_interleave(m), neg_text.reshape(-1)])
+        audio_index = torch.cat([rows, neg_audio.reshape(-1), rows.repeat_interleave(m)])
+        scores = self.matcher.score_index_pairs(text, audio, text_index, audio_index)
+        pos, t2a, a2t = scores[:b], scores[b : b + b * m].view(b, m), scores[b + b * m :].view(b, m)
+        loss_main = (self.loss.candidate_loss(pos, t2a) + self.loss.candidate_loss(pos, a2t)) / 2
+        loss_aux = self.loss.contrastive(bi, clip, clip)
+        loss = loss_main + self.loss.aux_weight * loss_aux
+        return {
+            "loss": loss,
+            "loss_main": loss_main,
+            "loss_aux": loss_aux,
+            "temperature": self.loss.temperature,
+        }
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def _collect(self, batch: dict[str, Any]) -> None:
+        if "audio" in batch:
+            feats = self.matcher.encode_audio(batch["audio"], batch["audio_valid"])
+            self._eval["audio"].append((batch["clip_index"], feats))
+        else:
+            self._eval["text"].append((batch["query_index"], self.matcher.encode_text(batch["captions"])))
+
+    def _start_eval(self) -> None:
+        self._eval = {"audio": [], "text": []}
+
+    def _score_collected(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Score everything collected: ``sim [q, n]`` with the query and clip indices of its rows/columns."""
+        parts, indices = {}, {}
+        for side, items in self._eval.items():
+            index = torch.cat([i for i, _ in items])
+            order = torch.argsort(index)
+            feats = Tokens.cat([f for _, f in items])
+            parts[side], indices[side] = feats[order.to(feats.tokens.device)], index[order]
+        self._eval = {}
+        if self.eval_mode == "rerank":
+            sim = self.matcher.rerank_matrix(parts["text"], parts["audio"], self.rerank_k)
+        else:
+            sim = self.matcher.score_matrix(parts["text"], parts["audio"], text_block=self.eval_text_block)
+        return sim, indices["text"].cpu(), indices["audio"].cpu()
+
+    def _metrics(self, stage: str, sim: Tensor, query_index: Tensor, clip_index: Tensor) -> dict[str, float]:
+        """DESIGN.md metrics of ``sim`` (rows ``query_index``, columns ``clip_index`` of the split).
+
+        When only part of the split was scored (``limit_val_batches`` and the like), the caption
+        queries whose clip was scored are ranked among the scored clips that have a scored caption,
+        and a warning says so.
+        """
+        eval_set = self.trainer.datamodule.eval_set(stage)
+        relevance = eval_set.relevance(None)[query_index][:, clip_index].to(sim.device)  # [q, n]
+        group = eval_set.queries["group"].to_numpy()[query_index.numpy()]
+        captions = torch.as_tensor(group == "caption", device=sim.device) & relevance.any(1)
+        clips = relevance[captions].any(0)
+        if len(query_index) < len(eval_set.queries) or len(clip_index) < len(eval_set.clips):
+            log.warning(
+                "%s: partial evaluation on %d of %d queries and %d of %d clips",
+                stage,
+                int(captions.sum()),
+                len(eval_set.queries),
+                int(clips.sum()),
+                len(eval_set.clips),
+            )
+        sim_c, rel_c = sim[captions][:, clips], relevance[captions][:, clips]
+        multi_rows = torch.as_tensor(group == "multi", device=sim.device) & relevance.any(1)
+        multi = (sim[multi_rows], relevance[multi_rows]) if multi_rows.any() else None
+        return directional_metrics(sim_c.float(), rel_c, stage, multi=multi)
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._eval.get("audio") or not self._eval.get("text"):
+            return
+        results = self._metrics("val", *self._score_collected())
+        for name, value in results.items():
+            self.log(name, value, prog_bar=name == "val/t2a_mAP@10", add_dataloader_idx=False)
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._metrics("test", *self._score_collected())
+        self.log_dict(self.test_results, add_dataloader_idx=False)
+
+    def on_predict_epoch_start(self) -> None:
+        self._start_eval()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._collect(batch)
+
+    def on_predict_epoch_end(self) -> None:
+        sim, query_index, clip_index = self._score_collected()
+        eval_set = self.trainer.datamodule.eval_set("test")
+        k = min(self.predict_top_k, sim.shape[1])
+        scores, index = sim.topk(k, dim=1)  # [Q, k]
+        names = eval_set.clips["file_name"].to_numpy()[clip_index.numpy()]
+        self.rankings = pd.DataFrame(
+            {
+                "query": eval_set.queries["text"].to_numpy()[query_index.numpy()].repeat(k),
+                "rank": list(range(1, k + 1)) * sim.shape[0],
+                "file_name": names[index.reshape(-1).cpu().numpy()],
+                "score": scores.reshape(-1).float().cpu().numpy(),
+            }
+        )
+
+    # ---- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        encoders = {
+            id(p) for enc in (self.matcher.audio_encoder, self.matcher.text_encoder) for p in enc.parameters()
+        }
+        groups: dict[tuple[bool, bool], list[Tensor]] = {}
+        for p in self.parameters():
+            if p.requires_grad:
+                groups.setdefault((id(p) in encoders, p.ndim >= 2), []).append(p)
+        param_groups = [
+            {
+                "params": params,
+                "lr": self.encoder_lr if is_encoder else self.lr,
+                "weight_decay": self.weight_decay if decays else 0.0,
+            }
+            for (is_encoder, decays), params in groups.items()
+        ]
+        optimizer = torch.optim.AdamW(param_groups)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(self.warmup_steps, total // 2)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

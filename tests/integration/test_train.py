@@ -1,0 +1,119 @@
+"""fit → test → predict through ``lacoat.cli.main`` on a small SynthCaps with a tiny model."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from lacoat.cli import main
+from lacoat.metrics import metric_names
+
+TINY = """
+seed_everything: 0
+trainer:
+  default_root_dir: {root}
+  accelerator: cpu
+  max_steps: 6
+  val_check_interval: 3
+  log_every_n_steps: 1
+  num_sanity_val_steps: 0
+  enable_progress_bar: false
+  logger:
+    class_path: lightning.pytorch.loggers.CSVLogger
+    init_args: {{save_dir: {root}, name: logs}}
+model:
+  matcher:
+    class_path: lacoat.models.matcher.AudioTextMatcher
+    init_args:
+      audio_encoder:
+        class_path: lacoat.models.encoders.LogMelAudioEncoder
+        init_args: {{sample_rate: 16000, window_seconds: 4.0, dim: 32, layers: 1, heads: 2, pool_frames: 16}}
+      text_encoder:
+        class_path: lacoat.models.encoders.HFTextEncoder
+        init_args: {{model_name: {text_model}, max_length: 24, frozen: true}}
+      cascade: {cascade}
+      d_model: 32
+      embed_dim: 16
+  loss:
+    class_path: lacoat.losses.NTXentLoss
+    init_args: {{temperature: 0.1, aux_weight: 1.0}}
+  train_pairs: {train_pairs}
+  hard_negatives: 2
+  rerank_k: 4
+  warmup_steps: 2
+data:
+  source:
+    class_path: lacoat.data.Clotho
+    init_args: {{root: {data}}}
+  batch_size: 6
+  num_workers: 0
+  sample_rate: 16000
+  window_seconds: 4.0
+"""
+ITERATING = "{class_path: lacoat.models.cascade.IteratingCascade, init_args: {dim: 32, heads: 2, layers: 1}}"
+
+
+def write_config(tmp_path, synthcaps, cascade=ITERATING, train_pairs="full"):
+    from tests.helpers import minilm_dir
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        TINY.format(
+            root=tmp_path / "runs",
+            data=synthcaps,
+            text_model=minilm_dir(),
+            cascade=cascade,
+            train_pairs=train_pairs,
+        )
+    )
+    return config
+
+
+def test_fit_then_test_finds_best_checkpoint_and_writes_metrics(tmp_path, synthcaps, capsys):
+    config = write_config(tmp_path, synthcaps)
+    main(["fit", "--config", str(config)])
+    best = list((tmp_path / "runs" / "checkpoints").glob("*/best-*.ckpt"))
+    assert len(best) == 1 and (best[0].parent / "last.ckpt").is_file()
+
+    main(["test", "--config", str(config)])
+    out = capsys.readouterr().out
+    assert f"using the best checkpoint of the latest run: {best[0]}" in out
+    report = json.loads((best[0].parent / "test_metrics.json").read_text())
+    assert report["checkpoint"] == str(best[0])
+    assert set(report["metrics"]) == set(metric_names("test"))
+    assert all(0.0 <= v <= 1.0 for v in report["metrics"].values())
+    assert "test/t2a_mAP@10" in out
+
+    main(["predict", "--config", str(config)])
+    rankings = pd.read_csv(best[0].parent / "predictions.csv", keep_default_na=False)
+    assert list(rankings.columns) == ["query", "rank", "file_name", "score"]
+    assert rankings["query"].nunique() == len(rankings) // 10 == 50  # 10 test clips, 5 captions each
+    first = rankings[rankings["query"] == rankings["query"][0]]
+    assert first["rank"].tolist() == list(range(1, 11)) and first["score"].is_monotonic_decreasing
+
+
+@pytest.mark.parametrize(
+    ("cascade", "train_pairs"),
+    [
+        ("null", "full"),
+        (
+            "{class_path: lacoat.models.cascade.SingleCascade, init_args: {dim: 32, heads: 2}}",
+            "hard_negatives",
+        ),
+    ],
+)
+def test_fit_other_heads_and_pair_modes(tmp_path, synthcaps, cascade, train_pairs):
+    config = write_config(tmp_path, synthcaps, cascade, train_pairs)
+    main(["fit", "--config", str(config), "--trainer.max_steps", "3"])
+    assert list((tmp_path / "runs" / "checkpoints").glob("*/last.ckpt"))
+
+
+def test_test_without_a_run_is_a_clear_error(tmp_path, synthcaps, capsys):
+    config = write_config(tmp_path, synthcaps)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["test", "--config", str(config)])
+    assert exit_info.value.code == 2
+    assert "no checkpoint found under" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["test", "--config", str(config), "--ckpt_path", str(tmp_path / "nope.ckpt")])
+    assert "checkpoint not found" in capsys.readouterr().err

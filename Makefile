@@ -36,9 +36,10 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff check lacoat tests
 	$(VENV)/bin/ruff format --check lacoat tests
 
-demo: install  ## SynthCaps demo data in data/synthcaps (made once), then a check that it loads
+demo: install  ## CPU demo: SynthCaps (made once) -> fit -> test, prints the test metrics
 	@test -f data/synthcaps/clotho_captions_evaluation.csv || $(VENV)/bin/lacoat synth --out data/synthcaps
-	$(VENV)/bin/lacoat inspect --config configs/data/synthcaps.yaml
+	$(VENV)/bin/lacoat fit --config configs/demo.yaml
+	$(VENV)/bin/lacoat test --config configs/demo.yaml
 
 clean:  ## remove caches and build outputs (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -127,8 +127,9 @@ class LacoatModule(L.LightningModule):
     def _start_eval(self) -> None:
         self._eval = {"audio": [], "text": []}
 
-    def _score_collected(self) -> tuple[Tensor, Tensor, Tensor]:
-        """Score everything collected: ``sim [q, n]`` with the query and clip indices of its rows/columns."""
+    def _score_collected(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Score everything collected: ``sim [q, n]``, the bi-encoder's ``bi [q, n]``, and the query and
+        clip indices of their rows and columns."""
         parts, indices = {}, {}
         for side, items in self._eval.items():
             index = torch.cat([i for i, _ in items])
@@ -140,10 +141,15 @@ class LacoatModule(L.LightningModule):
             sim = self.matcher.rerank_matrix(parts["text"], parts["audio"], self.rerank_k)
         else:
             sim = self.matcher.score_matrix(parts["text"], parts["audio"], text_block=self.eval_text_block)
-        return sim, indices["text"].cpu(), indices["audio"].cpu()
+        bi = self.matcher.bi_scores(parts["text"], parts["audio"])
+        return sim, bi, indices["text"].cpu(), indices["audio"].cpu()
 
-    def _metrics(self, stage: str, sim: Tensor, query_index: Tensor, clip_index: Tensor) -> dict[str, float]:
-        """DESIGN.md metrics of ``sim`` (rows ``query_index``, columns ``clip_index`` of the split).
+    def _metrics(
+        self, stage: str, sim: Tensor, bi: Tensor, query_index: Tensor, clip_index: Tensor
+    ) -> dict[str, float]:
+        """DESIGN.md metrics of ``sim`` (rows ``query_index``, columns ``clip_index`` of the split), and
+        with a cascade the same metrics of the model's own bi-encoder scores ``bi`` under ``{stage}_bi/``
+        (the first stage alone: what co-attention adds is the difference).
 
         When only part of the split was scored (``limit_val_batches`` and the like), the caption
         queries whose clip was scored are ranked among the scored clips that have a scored caption,
@@ -163,10 +169,15 @@ class LacoatModule(L.LightningModule):
                 int(clips.sum()),
                 len(eval_set.clips),
             )
-        sim_c, rel_c = sim[captions][:, clips], relevance[captions][:, clips]
+        rel_c = relevance[captions][:, clips]
         multi_rows = torch.as_tensor(group == "multi", device=sim.device) & relevance.any(1)
-        multi = (sim[multi_rows], relevance[multi_rows]) if multi_rows.any() else None
-        return directional_metrics(sim_c.float(), rel_c, stage, multi=multi)
+        results = {}
+        for name, scores in [(stage, sim), (f"{stage}_bi", bi)][
+            : 2 if self.matcher.cascade is not None else 1
+        ]:
+            multi = (scores[multi_rows].float(), relevance[multi_rows]) if multi_rows.any() else None
+            results |= directional_metrics(scores[captions][:, clips].float(), rel_c, name, multi=multi)
+        return results
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()
@@ -179,7 +190,12 @@ class LacoatModule(L.LightningModule):
             return
         results = self._metrics("val", *self._score_collected())
         for name, value in results.items():
-            self.log(name, value, prog_bar=name == "val/t2a_mAP@10", add_dataloader_idx=False)
+            self.log(
+                name,
+                value,
+                prog_bar=name in ("val/t2a_mAP@10", "val_bi/t2a_mAP@10"),
+                add_dataloader_idx=False,
+            )
 
     def on_test_epoch_start(self) -> None:
         self._start_eval()
@@ -198,7 +214,7 @@ class LacoatModule(L.LightningModule):
         self._collect(batch)
 
     def on_predict_epoch_end(self) -> None:
-        sim, query_index, clip_index = self._score_collected()
+        sim, _, query_index, clip_index = self._score_collected()
         eval_set = self.trainer.datamodule.eval_set("test")
         k = min(self.predict_top_k, sim.shape[1])
         scores, index = sim.topk(k, dim=1)  # [Q, k]

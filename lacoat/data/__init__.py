@@ -3,7 +3,7 @@
 Names are imported on first use, so ``lacoat synth`` does not pay for importing Lightning.
 """
 
-from importlib import import_module
+from lacoat.lazy import lazy_exports
 
 _EXPORTS = {
     "AudioCaps": "lacoat.data.audiocaps",
@@ -15,8 +15,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lacoat.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ Names are imported on first use, so importing this package stays light (no ``tra
 ``laion_clap`` or ``librosa`` until an encoder is built).
 """
 
-from importlib import import_module
+from lacoat.lazy import lazy_exports
 
 _EXPORTS = {
     "AudioEncoder": "lacoat.models.encoders.base",
@@ -15,8 +15,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> object:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'lacoat.models.encoders' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

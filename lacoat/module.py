@@ -15,6 +15,7 @@ from typing import Any, Literal
 import lightning as L
 import pandas as pd
 import torch
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
 from lacoat.losses import NTXentLoss, hardest_negatives
@@ -62,7 +63,10 @@ class LacoatModule(L.LightningModule):
         predict_top_k: int = 10,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["matcher", "loss"])
+        # Under LacoatCLI the injected parts arrive as their config (class_path + init_args), which
+        # checkpoints and loggers must keep; built in Python they are modules, saved with the weights.
+        built_by_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(ignore=None if built_by_cli else ["matcher", "loss"])
         self.matcher, self.loss = matcher, loss
         self.train_pairs, self.hard_negatives = train_pairs, hard_negatives
         self.lr, self.encoder_lr, self.weight_decay, self.warmup_steps = (

@@ -75,3 +75,37 @@ def save_random_clap_checkpoint(path: Path, amodel: str = "HTSAT-tiny", seed: in
     state["module.audio_projection.0.weight"] = torch.zeros(4, 768)
     torch.save({"epoch": 45, "name": "test", "state_dict": state}, path)
     return branch, state
+
+
+def read_wandb_run(path: Path) -> dict[str, set[str]]:
+    """Keys recorded in an offline W&B run file (``run-*.wandb``): ``config``, ``history``, ``summary``.
+
+    The file is a log of protobuf records in 32 KiB blocks (W&B's datastore format); wandb ships the
+    protobuf classes but no reader, so this is the minimal one a test needs.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, pos, buf = Path(path).read_bytes(), 7, b""  # 7-byte file header
+    keys: dict[str, set[str]] = {"config": set(), "history": set(), "summary": set()}
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # block trailer too short for a record header
+            pos += 32768 - pos % 32768
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk  # 1 full, 2 first, 3 middle, 4 last
+        if kind not in (1, 4):
+            continue
+        record = pb.Record()
+        record.ParseFromString(buf)
+        field = record.WhichOneof("record_type")
+        items = {
+            "config": lambda r: r.config.update,
+            "history": lambda r: r.history.item,
+            "summary": lambda r: r.summary.update,
+        }
+        if field in items:
+            keys[field] |= {i.key or "/".join(i.nested_key) for i in items[field](record)}
+    return keys

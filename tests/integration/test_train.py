@@ -7,6 +7,7 @@ import pytest
 
 from lacoat.cli import main
 from lacoat.metrics import metric_names
+from tests.helpers import read_wandb_run
 
 TINY = """
 seed_everything: 0
@@ -117,3 +118,33 @@ def test_test_without_a_run_is_a_clear_error(tmp_path, synthcaps, capsys):
     with pytest.raises(SystemExit):
         main(["test", "--config", str(config), "--ckpt_path", str(tmp_path / "nope.ckpt")])
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_wandb_runs_offline_without_credentials(tmp_path, synthcaps, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with W&B credentials
+    config = write_config(tmp_path, synthcaps)
+    text = config.read_text().replace(
+        "class_path: lightning.pytorch.loggers.CSVLogger\n    init_args: {save_dir: "
+        + str(tmp_path / "runs")
+        + ", name: logs}",
+        "class_path: lightning.pytorch.loggers.WandbLogger\n    init_args: {save_dir: "
+        + str(tmp_path / "runs")
+        + ", project: lacoat-test}",
+    )
+    assert "WandbLogger" in text
+    config.write_text(text)
+    main(["fit", "--config", str(config), "--trainer.max_steps", "3"])
+    import wandb
+
+    wandb.finish()  # `lacoat fit` finishes the run at exit; in-process, finish it here
+    runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1
+    recorded = read_wandb_run(runs[0])
+    assert {"model", "matcher", "loss", "train_pairs"} & recorded["config"] >= {
+        "matcher",
+        "loss",
+        "train_pairs",
+    }
+    assert {"train/loss", "val/t2a_mAP@10", "val_bi/t2a_mAP@10"} <= recorded["history"]

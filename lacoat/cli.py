@@ -21,7 +21,7 @@ TOOLS: dict[str, tuple[str, str]] = {
     "validate": (TRAINER, "validation metrics of a checkpoint (default: best of the latest run)"),
     "test": (
         TRAINER,
-        "test metrics of a checkpoint, written to test_metrics.json (default: best of the latest run)",
+        "test metrics of a checkpoint, written to test_metrics_<mode>.json (default: best of the latest run)",
     ),
     "predict": (TRAINER, "rank the test clips for every test query, written to predictions.csv"),
     "synth": ("lacoat.tools:synth_main", "write the SynthCaps demo data set (Clotho layout)"),

@@ -8,7 +8,8 @@ Conventions added to LightningCLI:
 * ``test`` / ``validate`` / ``predict`` without ``--ckpt_path`` take the best checkpoint of the latest
   run under the config's ``default_root_dir`` and say which; ``--ckpt_path none`` uses the weights as
   built (e.g. pretrained encoders, untrained head);
-* ``test`` writes every metric to ``test_metrics.json`` beside the checkpoint and prints a table;
+* ``test`` writes every metric to ``test_metrics_<eval_mode>.json`` beside the checkpoint and prints
+  a table;
   ``predict`` writes ``predictions.csv`` (query, rank, file_name, score) there;
 * precision defaults to ``bf16-mixed`` on GPU and ``32-true`` on CPU;
 * a ``WandbLogger`` runs offline unless W&B credentials are present (no prompt, no network needed).
@@ -141,8 +142,14 @@ class LacoatCLI(LightningCLI):
         results = self.model.test_results
         if not results or not self.trainer.is_global_zero:
             return
-        path = self._output_dir() / "test_metrics.json"
-        payload = {"checkpoint": self.config_init["test"].get("ckpt_path"), "metrics": results}
+        mode = self.model.eval_mode
+        path = self._output_dir() / f"test_metrics_{mode}.json"
+        payload = {
+            "checkpoint": self.config_init["test"].get("ckpt_path"),
+            "eval_mode": mode,
+            "rerank_k": self.model.rerank_k if mode == "rerank" else None,
+            "metrics": results,
+        }
         path.write_text(json.dumps(payload, indent=2))
         print(f"\ntest metrics ({path}):\n{format_table(results)}")
 

@@ -79,8 +79,10 @@ def test_fit_then_test_finds_best_checkpoint_and_writes_metrics(tmp_path, synthc
     main(["test", "--config", str(config)])
     out = capsys.readouterr().out
     assert f"using the best checkpoint of the latest run: {best[0]}" in out
-    report = json.loads((best[0].parent / "test_metrics.json").read_text())
-    assert report["checkpoint"] == str(best[0])
+    report = json.loads((best[0].parent / "test_metrics_rerank.json").read_text())
+    assert (
+        report["checkpoint"] == str(best[0]) and report["eval_mode"] == "rerank" and report["rerank_k"] == 4
+    )
     assert set(report["metrics"]) == set(metric_names("test")) | set(metric_names("test_bi"))
     assert all(0.0 <= v <= 1.0 for v in report["metrics"].values())
     assert "test/t2a_mAP@10" in out

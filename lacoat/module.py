@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
+from lacoat.errors import LacoatError
 from lacoat.losses import NTXentLoss, hardest_negatives
 from lacoat.metrics import directional_metrics
 from lacoat.models.matcher import AudioTextMatcher, Tokens
@@ -69,17 +70,28 @@ class LacoatModule(L.LightningModule):
         self.save_hyperparameters(ignore=None if built_by_cli else ["matcher", "loss"])
         self.matcher, self.loss = matcher, loss
         self.train_pairs, self.hard_negatives = train_pairs, hard_negatives
-        self.lr, self.encoder_lr, self.weight_decay, self.warmup_steps = (
-            lr,
-            encoder_lr,
-            weight_decay,
-            warmup_steps,
-        )
+        self.lr, self.encoder_lr = lr, encoder_lr
+        self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
         self.eval_mode, self.rerank_k = eval_mode, rerank_k
         self.eval_text_block, self.predict_top_k = eval_text_block, predict_top_k
         self._eval: dict[str, list] = {}
         self.test_results: dict[str, float] = {}
         self.rankings: pd.DataFrame | None = None
+
+    def setup(self, stage: str) -> None:
+        """Check that the data is cut the way the audio encoder expects (rate and window length)."""
+        data = getattr(self.trainer, "datamodule", None)
+        encoder = self.matcher.audio_encoder
+        loader = getattr(data, "eval_loader", None)
+        if loader is not None and (loader.sample_rate, loader.window_samples) != (
+            encoder.sample_rate,
+            encoder.window_samples,
+        ):
+            raise LacoatError(
+                f"the data is read at {loader.sample_rate} Hz in {loader.window_seconds:g}-s windows but "
+                f"{type(encoder).__name__} expects {encoder.sample_rate} Hz and {encoder.window_seconds:g}-s "
+                f"windows; set data.sample_rate: {encoder.sample_rate} and data.window_seconds: {encoder.window_seconds:g}"
+            )
 
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

@@ -111,6 +111,14 @@ def test_fit_other_heads_and_pair_modes(tmp_path, synthcaps, cascade, train_pair
     assert list((tmp_path / "runs" / "checkpoints").glob("*/last.ckpt"))
 
 
+def test_data_rate_must_match_the_audio_encoder(tmp_path, synthcaps, capsys):
+    config = write_config(tmp_path, synthcaps)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--data.sample_rate", "8000"])
+    err = capsys.readouterr().err
+    assert "read at 8000 Hz" in err and "set data.sample_rate: 16000" in err
+
+
 def test_test_without_a_run_is_a_clear_error(tmp_path, synthcaps, capsys):
     config = write_config(tmp_path, synthcaps)
     with pytest.raises(SystemExit) as exit_info:

@@ -25,6 +25,14 @@ TOOLS: dict[str, tuple[str, str]] = {
     ),
     "predict": (TRAINER, "rank the test clips for every test query, written to predictions.csv"),
     "synth": ("lacoat.tools:synth_main", "write the SynthCaps demo data set (Clotho layout)"),
+    "index": (
+        "lacoat.tools:index_main",
+        "index a folder of audio for search (incremental: only new or changed files)",
+    ),
+    "search": (
+        "lacoat.tools:search_main",
+        'search an index: lacoat search --index INDEX "a dog barks in the rain"',
+    ),
     "inspect": (
         "lacoat.tools:inspect_main",
         "load the data set a config points at and report clips, captions, skips",

@@ -82,3 +82,45 @@ def inspect_main(argv: list[str]) -> None:
         print(f"{stage:5s}  split '{dm.source.splits[stage]}': {line}, {len(skipped)} skipped")
         for path, reason in skipped[:5]:
             print(f"         skipped {path}: {reason}")
+
+
+def index_main(argv: list[str]) -> None:
+    """``lacoat index --ckpt CKPT --audio_dir DIR --out INDEX``"""
+    from lacoat.retrieval.library import build_index
+
+    parser = ArgumentParser(
+        prog="lacoat index", description="Index (or update the index of) a folder of audio."
+    )
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `lacoat fit`")
+    parser.add_argument("--audio_dir", required=True, help="folder of audio files (searched recursively)")
+    parser.add_argument("--out", required=True, help="index file to create or update")
+    parser.add_argument("--batch_size", type=int, default=8, help="files encoded at once")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    counts = build_index(args.ckpt, args.audio_dir, args.out, args.batch_size)
+    print(
+        f"index {args.out}: {counts['total']} clips ({counts['encoded']} encoded, {counts['kept']} unchanged, "
+        f"{counts['removed']} removed, {counts['skipped']} unreadable skipped) in {time.perf_counter() - start:.1f} s"
+    )
+
+
+def search_main(argv: list[str]) -> None:
+    """``lacoat search --index INDEX "query" [-k 10] [--json]``"""
+    import json
+
+    from lacoat.retrieval.library import search
+
+    parser = ArgumentParser(prog="lacoat search", description="Find the clips of an index that match a text.")
+    parser.add_argument("query", help="what the sound should be, in words")
+    parser.add_argument("--index", required=True, help="index file written by `lacoat index`")
+    parser.add_argument("-k", type=int, default=10, help="number of results")
+    parser.add_argument("--rerank_k", type=int, default=64, help="clips re-scored with co-attention")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+    hits = search(args.index, args.query, args.k, args.rerank_k)
+    if args.json:
+        print(json.dumps([hit.__dict__ for hit in hits], indent=1, ensure_ascii=False))
+        return
+    print(f"{'rank':>4}  {'score':>6}  {'dur/s':>5}  file")
+    for hit in hits:
+        print(f"{hit.rank:>4}  {hit.score:>6.3f}  {hit.duration:>5.1f}  {hit.file}")

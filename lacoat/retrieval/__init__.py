@@ -1,0 +1,1 @@
+"""Retrieval over a sound library: incremental feature index and two-stage search."""

@@ -12,7 +12,7 @@ endif
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help install test test-all lint demo clean
+.PHONY: help install test test-all lint demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ demo: install  ## CPU demo: SynthCaps (made once) -> fit -> test, prints the tes
 	@test -f data/synthcaps/clotho_captions_evaluation.csv || $(VENV)/bin/lacoat synth --out data/synthcaps
 	$(VENV)/bin/lacoat fit --config configs/demo.yaml
 	$(VENV)/bin/lacoat test --config configs/demo.yaml
+
+bench: install  ## pair-scoring benchmarks -> benchmarks/results.json (Clotho-size run: ~20 min on 2 cores)
+	$(PY) benchmarks/bench.py --out benchmarks/results.json
 
 clean:  ## remove caches and build outputs (keeps .venv and data)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

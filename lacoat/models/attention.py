@@ -58,13 +58,6 @@ class MultiHeadAttention(nn.Module):
         )  # [B, H, Lx, Dh]
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
-    def weights(self, x: Tensor, y: Tensor, y_mask: Tensor) -> Tensor:
-        """Attention weights ``[B, H, Lx, Ly]`` (for inspection; the forward pass never forms them)."""
-        k, _ = self.project_kv(y)
-        q = self._split(self.q_proj(x))
-        logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
-        return logits.masked_fill(~y_mask[:, None, None, :], float("-inf")).softmax(-1)
-
 
 class FeedForward(nn.Module):
     """Position-wise MLP: Linear(D, 4D) → ReLU → Dropout → Linear(4D, D)."""

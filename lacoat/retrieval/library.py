@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lacoat.data.collate import collate
 from lacoat.data.datasets import AudioLoader
 from lacoat.errors import AudioReadError, LacoatError
 from lacoat.models.encoders.base import file_fingerprint
@@ -153,12 +154,8 @@ def _encode(model, folder: Path, names: list[str]) -> tuple[list[dict], int]:
             log.warning("skipped: %s", err)
     if not kept:
         return [], len(names)
-    n_windows = max(w.waveform.shape[0] for w in windows)
-    audio = torch.zeros(len(kept), n_windows, loader.window_samples)
-    valid = torch.zeros(len(kept), n_windows, dtype=torch.long)
-    for i, w in enumerate(windows):
-        audio[i, : w.waveform.shape[0]] = torch.from_numpy(w.waveform)
-        valid[i, : w.waveform.shape[0]] = torch.from_numpy(w.valid_samples)
+    batch = collate([{"audio": w.waveform, "valid_samples": w.valid_samples} for w in windows])
+    audio, valid = batch["audio"], batch["audio_valid"]  # [B, W, S], [B, W]
     feats = model.matcher.encode_audio(audio, valid)
     emb = model.matcher.embed_audio(feats)
     out = []
@@ -179,13 +176,13 @@ def _encode(model, folder: Path, names: list[str]) -> tuple[list[dict], int]:
 
 
 def _gallery(entries: list[dict]) -> Tokens:
-    length = max(e["tokens"].shape[0] for e in entries)
-    tokens = torch.zeros(len(entries), length, entries[0]["tokens"].shape[1])
-    mask = torch.zeros(len(entries), length, dtype=torch.bool)
-    for i, e in enumerate(entries):
-        tokens[i, : e["tokens"].shape[0]] = e["tokens"].float()
-        mask[i, : e["tokens"].shape[0]] = True
-    return Tokens(tokens, mask)
+    """Stored tokens of ``entries`` as one padded batch."""
+    return Tokens.cat(
+        [
+            Tokens(e["tokens"].float()[None], torch.ones(1, len(e["tokens"]), dtype=torch.bool))
+            for e in entries
+        ]
+    )
 
 
 @torch.no_grad()

@@ -33,6 +33,10 @@ TOOLS: dict[str, tuple[str, str]] = {
         "lacoat.tools:search_main",
         'search an index: lacoat search --index INDEX "a dog barks in the rain"',
     ),
+    "extract": (
+        "lacoat.tools:extract_main",
+        "cache the outputs of a config's frozen encoders (resumable); training then skips them",
+    ),
     "inspect": (
         "lacoat.tools:inspect_main",
         "load the data set a config points at and report clips, captions, skips",

@@ -79,7 +79,8 @@ class LacoatModule(L.LightningModule):
         self.rankings: pd.DataFrame | None = None
 
     def setup(self, stage: str) -> None:
-        """Check that the data is cut the way the audio encoder expects (rate and window length)."""
+        """Check that the data is cut the way the audio encoder expects (rate and window length), and
+        let the DataModule serve cached outputs of the frozen encoders (``data.feature_cache``)."""
         data = getattr(self.trainer, "datamodule", None)
         encoder = self.matcher.audio_encoder
         loader = getattr(data, "eval_loader", None)
@@ -92,11 +93,15 @@ class LacoatModule(L.LightningModule):
                 f"{type(encoder).__name__} expects {encoder.sample_rate} Hz and {encoder.window_seconds:g}-s "
                 f"windows; set data.sample_rate: {encoder.sample_rate} and data.window_seconds: {encoder.window_seconds:g}"
             )
+        if hasattr(data, "use_cached_features"):
+            text_encoder = self.matcher.text_encoder
+            data.use_cached_features(
+                encoder if encoder.frozen else None, text_encoder if text_encoder.frozen else None
+            )
 
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        text = self.matcher.encode_text(batch["captions"])
-        audio = self.matcher.encode_audio(batch["audio"], batch["audio_valid"])
+        text, audio = self.matcher.text_of(batch), self.matcher.audio_of(batch)
         clip = batch["clip_index"]
         bi = self.matcher.bi_scores(text, audio)  # [B, B]
         if self.matcher.cascade is None:
@@ -134,11 +139,10 @@ class LacoatModule(L.LightningModule):
 
     # ---- evaluation -----------------------------------------------------------------------------
     def _collect(self, batch: dict[str, Any]) -> None:
-        if "audio" in batch:
-            feats = self.matcher.encode_audio(batch["audio"], batch["audio_valid"])
-            self._eval["audio"].append((batch["clip_index"], feats))
+        if "clip_index" in batch:
+            self._eval["audio"].append((batch["clip_index"], self.matcher.audio_of(batch)))
         else:
-            self._eval["text"].append((batch["query_index"], self.matcher.encode_text(batch["captions"])))
+            self._eval["text"].append((batch["query_index"], self.matcher.text_of(batch)))
 
     def _start_eval(self) -> None:
         self._eval = {"audio": [], "text": []}

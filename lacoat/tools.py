@@ -31,10 +31,8 @@ def synth_main(argv: list[str]) -> None:
 
 def inspect_main(argv: list[str]) -> None:
     """``lacoat inspect --config FILE``: load the data a config points at and report what was found."""
-    import yaml
-
+    from lacoat.config import instantiate_sections
     from lacoat.data.datamodule import RetrievalDataModule
-    from lacoat.errors import DataError
 
     parser = ArgumentParser(prog="lacoat inspect", description="Check a data set before training on it.")
     parser.add_argument(
@@ -47,22 +45,7 @@ def inspect_main(argv: list[str]) -> None:
         help="splits to load",
     )
     args = parser.parse_args(argv)
-    try:
-        with open(args.config, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
-    except OSError as err:
-        raise DataError(f"cannot read config '{args.config}': {err.strerror}") from err
-    if "data" not in config:
-        raise DataError(f"config '{args.config}' has no `data:` section")
-    data_parser = ArgumentParser(exit_on_error=False)
-    data_parser.add_class_arguments(RetrievalDataModule, "data")
-    try:
-        init = data_parser.instantiate_classes(data_parser.parse_object({"data": config["data"]}))
-    except Exception as err:  # jsonargparse's message names the bad key or value
-        if isinstance(err, DataError):
-            raise
-        raise DataError(f"invalid `data:` section in '{args.config}': {err}") from err
-    dm: RetrievalDataModule = init.data
+    dm: RetrievalDataModule = instantiate_sections(args.config, {"data": RetrievalDataModule})["data"]
     print(f"source: {dm.source!r}")
     for stage in args.stages:
         if stage not in dm.source.splits:
@@ -124,3 +107,47 @@ def search_main(argv: list[str]) -> None:
     print(f"{'rank':>4}  {'score':>6}  {'dur/s':>5}  file")
     for hit in hits:
         print(f"{hit.rank:>4}  {hit.score:>6.3f}  {hit.duration:>5.1f}  {hit.file}")
+
+
+def extract_main(argv: list[str]) -> None:
+    """``lacoat extract --config FILE``: cache the outputs of the config's frozen encoders."""
+    from lacoat.config import instantiate_sections
+    from lacoat.data.datamodule import RetrievalDataModule
+    from lacoat.errors import ModelError
+    from lacoat.extract import extract
+    from lacoat.module import LacoatModule
+
+    parser = ArgumentParser(
+        prog="lacoat extract",
+        description="Run the frozen encoders of a config once and cache their outputs in data.feature_cache.",
+    )
+    parser.add_argument("--config", required=True, help="a lacoat config with data.feature_cache set")
+    parser.add_argument(
+        "--stages", type=list[Literal["train", "val", "test"]], default=["train", "val", "test"], help="splits"
+    )
+    parser.add_argument("--shard_size", type=int, default=256, help="items per cache file (unit of resuming)")
+    parser.add_argument("--batch_size", type=int, default=16, help="items encoded at once")
+    parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    args = parser.parse_args(argv)
+    built = instantiate_sections(args.config, {"model": LacoatModule, "data": RetrievalDataModule})
+    matcher = built["model"].matcher
+    audio = matcher.audio_encoder if matcher.audio_encoder.frozen else None
+    text = matcher.text_encoder if matcher.text_encoder.frozen else None
+    if audio is None and text is None:
+        raise ModelError(
+            f"neither encoder of '{args.config}' is frozen, so their outputs change while training and "
+            "cannot be cached; set frozen: true on an encoder to cache it."
+        )
+    for name, enc in (("audio", matcher.audio_encoder), ("text", matcher.text_encoder)):
+        if not enc.frozen:
+            print(f"{name} encoder is trained (frozen: false): its outputs are not cached")
+    start = time.perf_counter()
+    reports = extract(built["data"], audio, text, args.stages, args.shard_size, args.batch_size, args.device)
+    for r in reports:
+        print(
+            f"{r.side:5s} {r.split:12s} {r.items:6d} items: {r.encoded} encoded, {r.reused} already cached, "
+            f"{len(r.skipped)} skipped ({r.seconds:.1f} s)"
+        )
+        for name, reason in list(r.skipped.items())[:5]:
+            print(f"      skipped {name}: {reason}")
+    print(f"features in {built['data'].feature_cache} ({time.perf_counter() - start:.1f} s)")

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,8 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
         ``audio [B, W, S]`` float32 (W = most windows in the batch, zero-padded),
         ``audio_valid [B, W]`` int64 real samples per window (0 = padding window),
         ``captions`` list of B strings, ``clip_index [B]`` and ``query_index [B]`` int64,
+        cached encoder outputs ``audio_tokens [B, La, D]`` / ``audio_mask [B, La]`` and
+        ``text_tokens [B, Lt, D]`` / ``text_mask [B, Lt]`` (float32, zero-padded, padding masked),
         and ``n_skipped`` (items dropped).
     """
     kept = [item for item in items if item is not None]
@@ -35,6 +38,11 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
             audio[i, :w] = torch.as_tensor(item["audio"])
             valid[i, :w] = torch.as_tensor(item["valid_samples"])
         batch["audio"], batch["audio_valid"] = audio, valid
+    for side in ("audio", "text"):
+        if f"{side}_tokens" in first:
+            tokens = pad_sequence([item[f"{side}_tokens"].float() for item in kept], batch_first=True)
+            mask = pad_sequence([item[f"{side}_mask"] for item in kept], batch_first=True)
+            batch[f"{side}_tokens"], batch[f"{side}_mask"] = tokens, mask
     if "caption" in first:
         batch["captions"] = [item["caption"] for item in kept]
     for key in ("clip_index", "query_index"):

@@ -19,9 +19,11 @@ from torch.utils.data import DataLoader
 from lacoat.data.audio import audio_info
 from lacoat.data.collate import collate
 from lacoat.data.datasets import AudioLoader, ClipDataset, EvalSet, PairDataset, QueryDataset
+from lacoat.data.features import CachedFeatures, CacheSpec, FeatureStore, audio_spec, text_spec
 from lacoat.data.source import CaptionSource
 from lacoat.data.table import Policy, read_augmented, read_multi_positive
 from lacoat.errors import AudioReadError, DataError
+from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,8 @@ class RetrievalDataModule(L.LightningDataModule):
         multi_positive: DCASE 2025 ``metadata_eval.csv`` (``query,audio_filenames``) for the test split.
         pin_memory: pin batches (default: when CUDA is available).
         seed: seed of shuffling and of random window choice.
+        feature_cache: folder of features written by ``lacoat extract``; the model's *frozen* encoders
+            read their outputs from it instead of running (see ``use_cached_features``).
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class RetrievalDataModule(L.LightningDataModule):
         multi_positive: str | None = None,
         pin_memory: bool | None = None,
         seed: int = 0,
+        feature_cache: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["source"])
@@ -134,6 +139,9 @@ class RetrievalDataModule(L.LightningDataModule):
         self.multi_positive = multi_positive
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed
+        self.feature_cache = feature_cache
+        self.cache_specs: dict[str, CacheSpec] = {}  # side -> spec, set by use_cached_features
+        self.tokens_per_window = 1
         self.train_table: pd.DataFrame | None = None
         self.eval_sets: dict[str, EvalSet] = {}
         self.skipped: dict[str, list[tuple[str, str]]] = {}
@@ -184,6 +192,69 @@ class RetrievalDataModule(L.LightningDataModule):
         elif stage in ("test", "predict"):
             self.eval_set("test")
 
+    # ---- cached features -----------------------------------------------------------------------
+    def use_cached_features(
+        self, audio_encoder: AudioEncoder | None, text_encoder: TextEncoder | None
+    ) -> None:
+        """Serve cached outputs of these (frozen) encoders instead of audio / text, when
+        ``feature_cache`` holds features of exactly their configuration.
+
+        Called by ``LacoatModule.setup`` with its frozen encoders (None for a trained one). A side
+        without features of this configuration is encoded online, with a warning that names what the
+        cache holds instead; an incomplete, stale or damaged cache is an error when the loaders are made.
+        """
+        self.cache_specs = {}
+        if not self.feature_cache:
+            return
+        specs = {}
+        if audio_encoder is not None:
+            loader = self.eval_loader
+            specs["audio"] = audio_spec(
+                self.feature_cache,
+                audio_encoder,
+                loader.sample_rate,
+                loader.window_seconds,
+                loader.min_last_window,
+            )
+            self.tokens_per_window = audio_encoder.tokens_per_window
+            cuts = self.train_loader.max_windows is not None or self.eval_loader.max_windows is not None
+            if cuts and not getattr(audio_encoder, "window_local", False):
+                raise DataError(
+                    f"{type(audio_encoder).__name__} encodes a clip's windows together, so its cached "
+                    "features cannot be cut into windows; set data.max_train_windows and "
+                    "data.max_eval_windows to null, or remove data.feature_cache."
+                )
+        if text_encoder is not None:
+            specs["text"] = text_spec(self.feature_cache, text_encoder)
+        for side, spec in specs.items():
+            if spec.folder.is_dir():
+                self.cache_specs[side] = spec
+                log.info("using cached %s features from %s", side, spec.folder)
+                continue
+            others = spec.others()
+            log.warning(
+                "no cached %s features for %s %s in '%s'%s; encoding online. Run `lacoat extract --config …` "
+                "to cache them.",
+                side,
+                spec.identity,
+                spec.settings or "",
+                self.feature_cache,
+                f" (it holds features of: {'; '.join(others)})" if others else "",
+            )
+
+    def cached_features(self, stage: str, clips: pd.DataFrame, captions: list[str]) -> CachedFeatures | None:
+        """The cached features of a stage's ``clips`` (``file_name``, ``audio_path``) and ``captions``."""
+        if not self.cache_specs:
+            return None
+        split = self.source.splits[stage]
+        stores = {}
+        if "audio" in self.cache_specs:
+            expected = dict(zip(clips["file_name"], clips["audio_path"], strict=True))
+            stores["audio"] = FeatureStore(self.cache_specs["audio"], split, expected)
+        if "text" in self.cache_specs:
+            stores["text"] = FeatureStore(self.cache_specs["text"], split, dict.fromkeys(captions))
+        return CachedFeatures(stores.get("audio"), stores.get("text"), self.tokens_per_window)
+
     # ---- loaders -------------------------------------------------------------------------------
     def clip_identity(self) -> np.ndarray:
         """``[len(train_table)]`` clip index of each training caption (equal index = same clip)."""
@@ -205,16 +276,27 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_table is not None, "call setup('fit') first"
+        table = self.train_table
+        features = self.cached_features(
+            "train", table.drop_duplicates("file_name"), table["caption"].unique().tolist()
+        )
         dataset = PairDataset(
-            self.train_table, self.clip_identity(), self.train_loader, self.on_bad_audio, self.seed
+            table, self.clip_identity(), self.train_loader, self.on_bad_audio, self.seed, features
         )
         return self._loader(dataset, self.batch_size, shuffle=True)
 
     def eval_dataloaders(self, stage: str) -> list[DataLoader]:
         """``[clips, queries]`` loaders of the ``val`` or ``test`` set."""
         eval_set = self.eval_set(stage)
-        clips = ClipDataset(eval_set.clips["audio_path"].tolist(), self.eval_loader)
-        queries = QueryDataset(eval_set.queries["text"].tolist())
+        texts = eval_set.queries["text"].tolist()
+        features = self.cached_features(stage, eval_set.clips, list(dict.fromkeys(texts)))
+        clips = ClipDataset(
+            eval_set.clips["audio_path"].tolist(),
+            self.eval_loader,
+            eval_set.clips["file_name"].tolist(),
+            features,
+        )
+        queries = QueryDataset(texts, features)
         return [
             self._loader(clips, self.eval_batch_size, False),
             self._loader(queries, self.eval_batch_size, False),

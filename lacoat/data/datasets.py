@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lacoat.data.audio import AudioWindows, cut_windows, read_audio
+from lacoat.data.features import CachedFeatures
 from lacoat.data.table import Policy
 from lacoat.errors import AudioReadError, DataError
 
@@ -53,6 +54,7 @@ class PairDataset(Dataset):
         loader: audio reader.
         on_bad_audio: ``skip`` returns None for an unreadable clip (the batch drops it); ``error`` raises.
         seed: seed of the random window choice.
+        features: cached encoder outputs to serve instead of audio and/or text (``lacoat extract``).
     """
 
     def __init__(
@@ -62,8 +64,11 @@ class PairDataset(Dataset):
         loader: AudioLoader,
         on_bad_audio: Policy,
         seed: int = 0,
+        features: CachedFeatures | None = None,
     ) -> None:
         self.captions = table["caption"].tolist()
+        self.names = table["file_name"].tolist()
+        self.features = features
         self.paths = table["audio_path"].tolist()
         self.clip_index = clip_index
         self.loader = loader
@@ -83,47 +88,68 @@ class PairDataset(Dataset):
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:
+        cached = self.features
         try:
-            windows = self.loader.load(self.paths[i], self._rng())
+            if cached is not None and cached.audio is not None:
+                item = cached.audio_item(self.names[i], self.loader.max_windows, self._rng())
+            else:
+                windows = self.loader.load(self.paths[i], self._rng())
+                item = {"audio": windows.waveform, "valid_samples": windows.valid_samples}
         except AudioReadError as err:
             if self.on_bad_audio == "error":
                 raise
             log.warning("skipped training clip: %s", err)
             return None
-        return {
-            "audio": windows.waveform,
-            "valid_samples": windows.valid_samples,
-            "caption": self.captions[i],
-            "clip_index": int(self.clip_index[i]),
-        }
+        if cached is not None and cached.text is not None:
+            item |= cached.text_item(self.captions[i])
+        return item | {"caption": self.captions[i], "clip_index": int(self.clip_index[i])}
 
 
 class ClipDataset(Dataset):
-    """Evaluation gallery: each unique clip once, deterministic windows."""
+    """Evaluation gallery: each unique clip once, deterministic windows.
 
-    def __init__(self, paths: list[str], loader: AudioLoader) -> None:
+    Args:
+        paths: audio files.
+        loader: audio reader.
+        names: the clips' ``file_name`` (keys of cached features).
+        features: cached encoder outputs; when they hold audio, tokens are served instead of audio.
+    """
+
+    def __init__(
+        self,
+        paths: list[str],
+        loader: AudioLoader,
+        names: list[str] | None = None,
+        features: CachedFeatures | None = None,
+    ) -> None:
         self.paths = paths
         self.loader = loader
+        self.names = names
+        self.features = features if features is not None and features.audio is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        if self.features is not None:
+            return self.features.audio_item(self.names[i], self.loader.max_windows) | {"clip_index": i}
         windows = self.loader.load(self.paths[i])
         return {"audio": windows.waveform, "valid_samples": windows.valid_samples, "clip_index": i}
 
 
 class QueryDataset(Dataset):
-    """Evaluation queries (caption texts)."""
+    """Evaluation queries (caption texts), with their cached token states when ``features`` hold text."""
 
-    def __init__(self, texts: list[str]) -> None:
+    def __init__(self, texts: list[str], features: CachedFeatures | None = None) -> None:
         self.texts = texts
+        self.features = features if features is not None and features.text is not None else None
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"caption": self.texts[i], "query_index": i}
+        item = {"caption": self.texts[i], "query_index": i}
+        return item | self.features.text_item(self.texts[i]) if self.features is not None else item
 
 
 @dataclass

@@ -88,13 +88,31 @@ class AudioTextMatcher(nn.Module):
     # ---- per-item work --------------------------------------------------------------------------
     def encode_text(self, texts: list[str]) -> Tokens:
         """Text encoder + projection. Returns ``Tokens`` with ``[B, L, D]``."""
-        tokens, mask = self.text_encoder(texts)
-        return Tokens(self.text_proj(tokens), mask)
+        return self.project_text(*self.text_encoder(texts))
 
     def encode_audio(self, audio: Tensor, audio_valid: Tensor) -> Tokens:
         """Audio encoder + projection of ``audio [B, W, S]``, ``audio_valid [B, W]``."""
-        tokens, mask = self.audio_encoder(audio, audio_valid)
+        return self.project_audio(*self.audio_encoder(audio, audio_valid))
+
+    def project_text(self, tokens: Tensor, mask: Tensor) -> Tokens:
+        """Projection of text encoder outputs ``[B, L, Dt]`` (e.g. cached ones) to ``Tokens [B, L, D]``."""
+        return Tokens(self.text_proj(tokens), mask)
+
+    def project_audio(self, tokens: Tensor, mask: Tensor) -> Tokens:
+        """Projection of audio encoder outputs ``[B, T, Da]`` (e.g. cached ones) to ``Tokens [B, T, D]``."""
         return Tokens(self.audio_proj(tokens), mask)
+
+    def text_of(self, batch: dict) -> Tokens:
+        """``Tokens`` of a batch's captions: from its cached ``text_tokens`` or through the encoder."""
+        if "text_tokens" in batch:
+            return self.project_text(batch["text_tokens"], batch["text_mask"])
+        return self.encode_text(batch["captions"])
+
+    def audio_of(self, batch: dict) -> Tokens:
+        """``Tokens`` of a batch's clips: from its cached ``audio_tokens`` or through the encoder."""
+        if "audio_tokens" in batch:
+            return self.project_audio(batch["audio_tokens"], batch["audio_mask"])
+        return self.encode_audio(batch["audio"], batch["audio_valid"])
 
     def embed_text(self, text: Tokens) -> Tensor:
         """Bi-encoder text embedding ``[B, E]``, L2-normalised."""

@@ -55,8 +55,11 @@ class AudioEncoder(_Encoder):
         dim: D, token size.
         tokens_per_window: tokens each window gives.
         frozen: no trainable parameters, eval mode kept, forward under ``no_grad``.
+        window_local: each window is encoded on its own (a window's tokens do not depend on the
+            clip's other windows), so cached tokens can be cut into windows like audio.
     """
 
+    window_local: bool = False
     sample_rate: int
     window_seconds: float
     dim: int
@@ -156,4 +159,14 @@ def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
         if size > chunk:
             handle.seek(max(chunk, size - chunk))
             digest.update(handle.read(chunk))
+    return digest.hexdigest()[:16]
+
+
+def state_digest(module: nn.Module) -> str:
+    """16 hex characters of SHA-256 over a module's parameters and buffers (names, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]

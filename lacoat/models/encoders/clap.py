@@ -223,6 +223,8 @@ class ClapAudioEncoder(AudioEncoder):
             checkpoint whose audio weights do not fit the branch (wrong size or fusion setting).
     """
 
+    window_local = True  # HTSAT sees one window at a time
+
     def __init__(
         self,
         checkpoint: str | None = None,

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lacoat.errors import ModelError
-from lacoat.models.encoders.base import AudioEncoder, window_token_mask
+from lacoat.models.encoders.base import AudioEncoder, state_digest, window_token_mask
 
 
 def sinusoidal_positions(n_positions: int, dim: int, device: torch.device | None = None) -> Tensor:
@@ -125,11 +125,11 @@ class LogMelAudioEncoder(AudioEncoder):
         self._freeze_if_asked()
 
     def identity(self) -> str:
-        """Class and settings; the weights are this run's (cache only a trained, frozen encoder)."""
+        """Class, settings and a digest of the current weights (they come from training, not a file)."""
         return (
             f"LogMelAudioEncoder(sample_rate={self.sample_rate}, window_seconds={self.window_seconds}, "
             f"n_mels={self.n_mels}, hop_ms={self.hop_ms}, dim={self.dim}, layers={self.layers}, "
-            f"heads={self.heads}, pool_frames={self.pool_frames}, weights=trained-in-run)"
+            f"heads={self.heads}, pool_frames={self.pool_frames}, weights={state_digest(self)})"
         )
 
     def log_mel(self, wave: Tensor) -> Tensor:

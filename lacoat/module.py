@@ -76,6 +76,7 @@ class LacoatModule(L.LightningModule):
         self.eval_text_block, self.predict_top_k = eval_text_block, predict_top_k
         self._eval: dict[str, list] = {}
         self.test_results: dict[str, float] = {}
+        self.test_scores: tuple[Tensor, Tensor, Tensor] | None = None  # (sim [q, n], query_index, clip_index)
         self.rankings: pd.DataFrame | None = None
 
     def setup(self, stage: str) -> None:
@@ -157,11 +158,11 @@ class LacoatModule(L.LightningModule):
             feats = Tokens.cat([f for _, f in items])
             parts[side], indices[side] = feats[order.to(feats.tokens.device)], index[order]
         self._eval = {}
+        bi = self.matcher.bi_scores(parts["text"], parts["audio"])
         if self.eval_mode == "rerank":
-            sim = self.matcher.rerank_matrix(parts["text"], parts["audio"], self.rerank_k)
+            sim = self.matcher.rerank_matrix(parts["text"], parts["audio"], self.rerank_k, bi=bi)
         else:
             sim = self.matcher.score_matrix(parts["text"], parts["audio"], text_block=self.eval_text_block)
-        bi = self.matcher.bi_scores(parts["text"], parts["audio"])
         return sim, bi, indices["text"].cpu(), indices["audio"].cpu()
 
     def _metrics(
@@ -224,7 +225,9 @@ class LacoatModule(L.LightningModule):
         self._collect(batch)
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._metrics("test", *self._score_collected())
+        sim, bi, query_index, clip_index = self._score_collected()
+        self.test_scores = (sim.cpu(), query_index, clip_index)  # for callbacks (RetrievalExamples)
+        self.test_results = self._metrics("test", sim, bi, query_index, clip_index)
         self.log_dict(self.test_results, add_dataloader_idx=False)
 
     def on_predict_epoch_start(self) -> None:

@@ -46,9 +46,12 @@ class Cascade(nn.Module, ABC):
 
     Attributes:
         dim: model width D of the token sequences it takes and returns.
+        static_side: a side whose ``pairs`` output is its prepared tokens, unchanged by the partner
+            (``text`` or ``audio``), so its pooled embedding is computed once per item; None if both change.
     """
 
     dim: int
+    static_side: Literal["text", "audio"] | None = None
 
     @abstractmethod
     def prepare_text(self, tokens: Tensor, mask: Tensor) -> Side:
@@ -169,6 +172,7 @@ class IteratingCascade(Cascade):
     ) -> None:
         super().__init__()
         self.dim, self.lead = dim, lead
+        self.static_side = lead  # the leader's output depends on itself only
         self.encoder = nn.ModuleList(SelfAttention(dim, heads, dropout) for _ in range(layers))
         self.decoder = nn.ModuleList(GuidedAttention(dim, heads, dropout) for _ in range(layers))
 

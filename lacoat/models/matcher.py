@@ -128,14 +128,25 @@ class AudioTextMatcher(nn.Module):
 
     # ---- per-pair work --------------------------------------------------------------------------
     def _pair_cosines(self, text: Side, audio: Side, text_index: Tensor, audio_index: Tensor) -> Tensor:
-        """Co-attention cosine of pairs ``(text_index[p], audio_index[p])``, chunked. Returns ``[P]``."""
+        """Co-attention cosine of pairs ``(text_index[p], audio_index[p])``, chunked. Returns ``[P]``.
+
+        A side the cascade leaves unchanged (the leader of an iterating cascade) is pooled once per
+        item instead of once per pair.
+        """
+        static = self.cascade.static_side
+        t_fixed = F.normalize(self.text_pool(text.tokens, text.mask), dim=-1) if static == "text" else None
+        a_fixed = (
+            F.normalize(self.audio_pool(audio.tokens, audio.mask), dim=-1) if static == "audio" else None
+        )
         out = []
         for start in range(0, len(text_index), self.pair_chunk):
-            t = text.take(text_index[start : start + self.pair_chunk])
-            a = audio.take(audio_index[start : start + self.pair_chunk])
+            ti, ai = text_index[start : start + self.pair_chunk], audio_index[start : start + self.pair_chunk]
+            t, a = text.take(ti), audio.take(ai)
             t_out, a_out = self.cascade.pairs(t, a)  # [p, Lt, D], [p, La, D]
-            t_emb = F.normalize(self.text_pool(t_out, t.mask), dim=-1)
-            a_emb = F.normalize(self.audio_pool(a_out, a.mask), dim=-1)
+            t_emb = t_fixed[ti] if t_fixed is not None else F.normalize(self.text_pool(t_out, t.mask), dim=-1)
+            a_emb = (
+                a_fixed[ai] if a_fixed is not None else F.normalize(self.audio_pool(a_out, a.mask), dim=-1)
+            )
             out.append((t_emb * a_emb).sum(-1))
         return torch.cat(out) if out else text.tokens.new_zeros(0)
 
@@ -186,15 +197,18 @@ class AudioTextMatcher(nn.Module):
             rows.append(self._pair_cosines(t, a, text_index, audio_index).view(q, n))
         return torch.cat(rows)
 
-    def rerank_matrix(self, text: Tokens, audio: Tokens, k: int, below: float = 3.0) -> Tensor:
+    def rerank_matrix(
+        self, text: Tokens, audio: Tokens, k: int, below: float = 3.0, bi: Tensor | None = None
+    ) -> Tensor:
         """Two-stage scores ``[n_text, n_audio]``: the bi-encoder shortlists, co-attention re-scores.
 
         Each text's top ``k`` clips and each clip's top ``k`` texts by bi-encoder score are re-scored
         with the cascade; every other pair keeps its bi-encoder score lowered by ``below`` (cosines lie
         in [-1, 1], so re-scored pairs rank first and the rest keep the bi-encoder's order). With ``k``
-        at least the gallery size this equals ``score_matrix``.
+        at least the gallery size this equals ``score_matrix``. ``bi`` may pass the bi-encoder scores
+        when they are already computed.
         """
-        bi = self.bi_scores(text, audio)  # [Q, N]
+        bi = self.bi_scores(text, audio) if bi is None else bi  # [Q, N]
         if self.cascade is None:
             return bi
         shortlist = torch.zeros_like(bi, dtype=torch.bool)

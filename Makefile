@@ -12,7 +12,7 @@ endif
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help install test test-all lint demo bench clean
+.PHONY: help install test test-slow test-all notebooks lint demo bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,8 +29,14 @@ $(VENV)/.installed: pyproject.toml
 test: install  ## fast, offline test suite
 	$(PY) -m pytest -q
 
+test-slow: install  ## only the slow tests: DDP on 2 CPU processes, kill+resume, notebooks executed
+	$(PY) -m pytest -q -m 'slow and not gpu'
+
 test-all: install  ## every test, slow ones included
 	$(PY) -m pytest -q -m 'not gpu'
+
+notebooks: install  ## execute notebooks/ top to bottom in fast mode (as CI does)
+	$(PY) -m pytest -q -m 'not gpu' tests/integration/test_notebooks.py
 
 lint: install  ## ruff
 	$(VENV)/bin/ruff check lacoat tests
@@ -41,7 +47,7 @@ demo: install  ## CPU demo: SynthCaps (made once) -> fit -> test, prints the tes
 	$(VENV)/bin/lacoat fit --config configs/demo.yaml
 	$(VENV)/bin/lacoat test --config configs/demo.yaml
 
-bench: install  ## pair-scoring benchmarks -> benchmarks/results.json (Clotho-size run: ~20 min on 2 cores)
+bench: install  ## benchmarks -> benchmarks/results.json (~30 min on 2 cores; needs `make demo` first)
 	$(PY) benchmarks/bench.py --out benchmarks/results.json
 
 clean:  ## remove caches and build outputs (keeps .venv and data)

@@ -1,10 +1,16 @@
-"""Pair-scoring benchmarks: ``python benchmarks/bench.py [--out benchmarks/results.json]``.
+"""Benchmarks: ``python benchmarks/bench.py [--out benchmarks/results.json] [--only SECTION ...]``.
 
-Measures, on random features of the real shapes (no data or weights needed):
-* ``pair_scoring.{demo,mcan_small}``: cascade pairs per second in ``score_matrix`` and the achieved
-  FLOP/s divided by the FLOP/s of a plain fp32 matmul of the model's width in the same run;
-* ``clotho_size``: text→audio over 5,225 queries × 1,045 clips with the demo-size model, exhaustive
-  (estimated from a measured block of queries) and two-stage with K = 16, 32, 64, 128.
+Sections (each runs in its own process, so each reports its own peak RSS):
+* ``pair_scoring``: cascade pairs per second in ``score_matrix`` on random features of the real shapes
+  (demo and MCAN-small size), and the achieved FLOP/s divided by the FLOP/s of a plain fp32 matmul of
+  the model's width measured in the same run;
+* ``clotho_size``: text→audio over 5,225 queries × 1,045 clips with the demo-size model on random
+  features, exhaustive (estimated from a measured block of queries) and two-stage with K = 16 … 128;
+* ``synthcaps``: t2a mAP@10 of the demo checkpoint (``make demo``) on SynthCaps test, exhaustive and
+  two-stage with K = 16, 32, 64;
+* ``training_online`` / ``training_cached``: training pairs per second with frozen encoders (a
+  random-weight CLAP HTSAT-tiny and all-MiniLM-L6-v2) reading audio, or the ``lacoat extract`` cache;
+* ``search``: ``lacoat index`` of 200 SynthCaps clips, re-indexing after 10 new files, search latency.
 Timings are printed and saved; tests never assert on them.
 """
 
@@ -14,6 +20,10 @@ import argparse
 import json
 import platform
 import resource
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +32,9 @@ from torch import nn
 
 from lacoat.models.cascade import IteratingCascade
 from lacoat.models.matcher import AudioTextMatcher, Tokens
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.helpers: the random-weight CLAP checkpoint the tests use too
 
 SIZES = {  # width, heads, layers, text tokens, audio tokens (demo: LogMel 8-s window; mcan_small: 3 CLAP windows)
     "demo": (128, 4, 2, 20, 50),
@@ -112,31 +125,256 @@ def clotho_size(n_text: int = 5225, n_audio: int = 1045, measured_queries: int =
     return out
 
 
+def peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def demo_checkpoint() -> Path:
+    from lacoat.lightning_cli import latest_best_checkpoint
+
+    ckpt = latest_best_checkpoint(REPO / "runs" / "demo")
+    if ckpt is None or not (REPO / "data" / "synthcaps").is_dir():
+        raise SystemExit("no demo checkpoint under runs/demo (or no data/synthcaps): run `make demo` first")
+    return ckpt
+
+
+def synthcaps(ks: tuple[int, ...] = (16, 32, 64)) -> dict:
+    """Test t2a mAP@10 of the demo checkpoint, exhaustive and two-stage, through ``Trainer.test``."""
+    import lightning as L
+
+    from lacoat.config import instantiate_sections
+    from lacoat.data.datamodule import RetrievalDataModule
+    from lacoat.module import LacoatModule
+
+    ckpt = demo_checkpoint()
+    model = LacoatModule.load_from_checkpoint(str(ckpt), map_location="cpu")
+    data = instantiate_sections(str(REPO / "configs" / "demo.yaml"), {"data": RetrievalDataModule})["data"]
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    out: dict = {"checkpoint": str(ckpt.relative_to(REPO))}
+    for mode, k in [("exhaustive", None), *(("rerank", k) for k in ks)]:
+        model.eval_mode, model.rerank_k = mode, k or model.rerank_k
+        start = time.perf_counter()
+        trainer.test(model, datamodule=data, verbose=False)
+        name = mode if k is None else f"rerank_k{k}"
+        out[name] = {
+            "t2a_mAP@10": round(model.test_results["test/t2a_mAP@10"], 4),
+            "a2t_mAP@10": round(model.test_results["test/a2t_mAP@10"], 4),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    eval_set = data.eval_set("test")
+    out["queries"], out["clips"] = len(eval_set.queries), len(eval_set.clips)
+    return out
+
+
+def training(cached: bool, steps: int = 8, batch_size: int = 16) -> dict:
+    """Training pairs per second with frozen CLAP HTSAT-tiny + MiniLM encoders and the demo-size head."""
+    import lightning as L
+
+    from lacoat.data import Clotho
+    from lacoat.data.datamodule import RetrievalDataModule
+    from lacoat.data.synth import synthesize
+    from lacoat.extract import extract
+    from lacoat.losses import NTXentLoss
+    from lacoat.models.cascade import IteratingCascade
+    from lacoat.models.encoders import ClapAudioEncoder, HFTextEncoder
+    from lacoat.models.matcher import AudioTextMatcher
+    from lacoat.module import LacoatModule
+    from tests.helpers import save_random_clap_checkpoint
+
+    class StepTimer(L.Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []  # wall-clock time at the end of every training step
+
+        def on_train_batch_end(self, *args, **kwargs) -> None:
+            self.times.append(time.perf_counter())
+
+    work = Path(tempfile.mkdtemp(prefix="lacoat-bench-"))
+    try:
+        synthesize(
+            str(work / "data"), seed=0, n_development=batch_size * (steps + 1), n_validation=4, n_evaluation=4
+        )
+        save_random_clap_checkpoint(work / "clap.pt")
+        torch.manual_seed(0)
+        matcher = AudioTextMatcher(
+            ClapAudioEncoder(str(work / "clap.pt"), frozen=True),
+            HFTextEncoder("sentence-transformers/all-MiniLM-L6-v2", max_length=48, frozen=True),
+            IteratingCascade(128, 4, 2, 0.1, "text"),
+            embed_dim=128,
+        )
+        model = LacoatModule(matcher, NTXentLoss(), lr=1e-3, warmup_steps=2)
+        data = RetrievalDataModule(
+            Clotho(str(work / "data")),
+            batch_size=batch_size,
+            num_workers=2,
+            sample_rate=48000,
+            window_seconds=10.0,
+            feature_cache=str(work / "cache") if cached else None,
+        )
+        out: dict = {}
+        if cached:
+            start = time.perf_counter()
+            data.setup("fit")
+            extract(data, matcher.audio_encoder, matcher.text_encoder, ["train"], batch_size=8)
+            out["extract_seconds"] = round(time.perf_counter() - start, 1)
+        timer = StepTimer()
+        trainer = L.Trainer(
+            accelerator="cpu",
+            max_steps=steps,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
+        )
+        trainer.fit(model, datamodule=data)
+        t = timer.times
+        seconds = t[-1] - t[0]  # steps 2..n: start-up and the first step excluded
+        out |= {
+            "pairs_per_s": round(batch_size * (len(t) - 1) / seconds, 1),
+            "seconds_per_step": round(seconds / (len(t) - 1), 3),
+            "batch_size": batch_size,
+            "timed_steps": len(t) - 1,
+        }
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def search_bench(n_clips: int = 200, n_new: int = 10, n_queries: int = 10) -> dict:
+    """``lacoat index`` of 200 SynthCaps clips, re-index after 10 new files, search latency."""
+    import pandas as pd
+
+    from lacoat.retrieval.library import build_index, load_model, search
+
+    ckpt = demo_checkpoint()
+    source = REPO / "data" / "synthcaps" / "evaluation"
+    files = sorted(source.iterdir())[:n_clips]
+    captions = pd.read_csv(REPO / "data" / "synthcaps" / "clotho_captions_evaluation.csv", dtype=str)
+    queries = captions["caption_1"].tolist()[:n_queries]
+    work = Path(tempfile.mkdtemp(prefix="lacoat-bench-"))
+    try:
+        library, index = work / "library", work / "index.pt"
+        library.mkdir()
+        for f in files[: n_clips - n_new]:
+            shutil.copy(f, library / f.name)
+        start = time.perf_counter()
+        first = build_index(str(ckpt), str(library), str(index))
+        first_seconds = time.perf_counter() - start
+        for f in files[n_clips - n_new :]:
+            shutil.copy(f, library / f.name)
+        start = time.perf_counter()
+        again = build_index(str(ckpt), str(library), str(index))
+        again_seconds = time.perf_counter() - start
+        model = load_model(ckpt)
+        search(str(index), queries[0], model=model)  # warm-up
+        latencies = []
+        for q in queries:
+            start = time.perf_counter()
+            search(str(index), q, k=10, rerank_k=64, model=model)
+            latencies.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        cli = subprocess.run(
+            [sys.executable, "-m", "lacoat", "search", "--index", str(index), queries[0]],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        cli_seconds = time.perf_counter() - start
+        return {
+            "index_clips": again["total"],
+            "first_index": {"encoded": first["encoded"], "seconds": round(first_seconds, 1)},
+            "reindex_after_new_files": {
+                "new_files": n_new,
+                "encoded": again["encoded"],
+                "kept": again["kept"],
+                "seconds": round(again_seconds, 2),
+            },
+            "search_seconds_mean": round(sum(latencies) / len(latencies), 3),
+            "search_seconds_max": round(max(latencies), 3),
+            "cli_search_wall_seconds": round(cli_seconds, 2),
+            "cli_output_lines": len(cli.stdout.splitlines()),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+SECTIONS = {
+    "pair_scoring": lambda: {size: pair_scoring(size) for size in SIZES},
+    "clotho_size": clotho_size,
+    "synthcaps": synthcaps,
+    "training_online": lambda: training(cached=False),
+    "training_cached": lambda: training(cached=True),
+    "search": search_bench,
+}
+
+
+def run_section(name: str) -> dict:
+    """Run one section in this process; its result carries this process's peak RSS."""
+    torch.manual_seed(0)
+    result = SECTIONS[name]()
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+def report(results: dict) -> None:
+    print(f"machine: {results['machine']}")
+    for size, r in results.get("pair_scoring", {}).items():
+        if isinstance(r, dict):
+            print(
+                f"pair_scoring.{size:<10} {r['pairs_per_s']:>10.1f} pairs/s   {r['achieved_gflops']:>7.2f} GFLOP/s   "
+                f"matmul {r['matmul_gflops']:>7.2f} GFLOP/s   ratio {r['matmul_ratio']:.3f}"
+            )
+    for name, r in results.get("clotho_size", {}).items():
+        if isinstance(r, dict):
+            print(f"clotho_size.{name:<12} {r['pair_passes']:>9} pair passes   {r['seconds']:>8.1f} s")
+    for name, r in results.get("synthcaps", {}).items():
+        if isinstance(r, dict):
+            print(f"synthcaps.{name:<12} t2a mAP@10 {r['t2a_mAP@10']:.4f}   ({r['seconds']:.1f} s)")
+    for name, r in results.get("training", {}).items():
+        print(f"training.{name:<8} {r['pairs_per_s']:>8.1f} pairs/s   {r['seconds_per_step']:.3f} s/step")
+    if "search" in results:
+        r = results["search"]
+        print(
+            f"search: {r['index_clips']} clips, {r['search_seconds_mean']:.3f} s per query (model loaded), "
+            f"CLI {r['cli_search_wall_seconds']:.2f} s; re-index after {r['reindex_after_new_files']['new_files']} "
+            f"new files encoded {r['reindex_after_new_files']['encoded']}"
+        )
+    for name, r in results.items():
+        if isinstance(r, dict) and "peak_rss_mb" in r:
+            print(f"peak RSS {name}: {r['peak_rss_mb']} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results.json")
-    parser.add_argument(
-        "--skip_clotho", action="store_true", help="skip the Clotho-size run (minutes on a CPU)"
-    )
+    parser.add_argument("--only", nargs="*", choices=list(SECTIONS), help="sections to run (default: all)")
+    parser.add_argument("--section", choices=list(SECTIONS), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args()
-    torch.manual_seed(0)
-    results: dict = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "pair_scoring": {size: pair_scoring(size) for size in SIZES},
-    }
-    if not args.skip_clotho:
-        results["clotho_size"] = clotho_size()
-    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"machine: {results['machine']}")
-    for size, r in results["pair_scoring"].items():
-        print(
-            f"pair_scoring.{size:<10} {r['pairs_per_s']:>10.1f} pairs/s   {r['achieved_gflops']:>7.2f} GFLOP/s   "
-            f"matmul {r['matmul_gflops']:>7.2f} GFLOP/s   ratio {r['matmul_ratio']:.3f}"
+    if args.section:
+        print(json.dumps(run_section(args.section)))
+        return
+    out = Path(args.out)
+    results: dict = json.loads(out.read_text()) if out.is_file() and args.only else {}
+    results["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    for name in args.only or list(SECTIONS):
+        print(f"running {name} ...", flush=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--section", name], capture_output=True, text=True, cwd=REPO
         )
-    for name, r in results.get("clotho_size", {}).items():
-        print(f"clotho_size.{name:<12} {r['pair_passes']:>9} pair passes   {r['seconds']:>8.1f} s")
-    print(f"peak RSS {results['peak_rss_mb']} MB  -> {args.out}")
+        if child.returncode != 0:
+            print(child.stdout[-2000:], child.stderr[-4000:])
+            raise SystemExit(f"section {name} failed")
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        if name.startswith("training_"):
+            results.setdefault("training", {})[name.removeprefix("training_")] = result
+        else:
+            results[name] = result
+        out.write_text(json.dumps(results, indent=2))
+    report(results)
+    print(f"-> {out}")
 
 
 if __name__ == "__main__":

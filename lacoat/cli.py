@@ -41,6 +41,15 @@ TOOLS: dict[str, tuple[str, str]] = {
         "lacoat.tools:inspect_main",
         "load the data set a config points at and report clips, captions, skips",
     ),
+    "explain": (
+        "lacoat.tools:explain_main",
+        'draw a word x time co-attention map: lacoat explain --ckpt CKPT --audio FILE "query" --out map.png',
+    ),
+    "download": (
+        "lacoat.tools:download_main",
+        "download Clotho or AudioCaps with aac-datasets: lacoat download clotho --root DIR",
+    ),
+    "augment": ("lacoat.tools:augment_main", "paraphrase training captions with an LLM (or offline rules)"),
 }
 
 USAGE = """usage: lacoat <command> [options]      (lacoat <command> --help for its options)

@@ -15,3 +15,7 @@ class AudioReadError(DataError):
 
 class ModelError(LacoatError):
     """A model, checkpoint or encoder setting is missing, unreadable or inconsistent."""
+
+
+class NumericalError(LacoatError):
+    """Training produced a non-finite loss (NaN or infinity); the message names the batch's files."""

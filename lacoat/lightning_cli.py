@@ -11,6 +11,11 @@ Conventions added to LightningCLI:
 * ``test`` writes every metric to ``test_metrics_<eval_mode>.json`` beside the checkpoint and prints
   a table;
   ``predict`` writes ``predictions.csv`` (query, rank, file_name, score) there;
+* ``fit --ckpt_path last`` resumes the latest run (same checkpoint folder, logger version and W&B run;
+  ``ResumeCheckpoint`` under ``resume:`` writes ``last.ckpt`` every ``every_n_steps`` steps and on
+  SIGTERM); asking for a checkpoint that does not exist is an error, never a fresh start;
+* checkpoints are written atomically (``lacoat.io.AtomicCheckpointIO`` is the default plugin);
+* settings of evaluation (``eval_mode``, ``rerank_k``, …) given to ``test`` win over the checkpoint's;
 * precision defaults to ``bf16-mixed`` on GPU and ``32-true`` on CPU;
 * a ``WandbLogger`` runs offline unless W&B credentials are present (no prompt, no network needed).
 """
@@ -18,6 +23,7 @@ Conventions added to LightningCLI:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -29,8 +35,16 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lacoat.data.datamodule import RetrievalDataModule
 from lacoat.errors import LacoatError
 from lacoat.module import LacoatModule
+from lacoat.resume import WANDB_ID_FILE, ResumeCheckpoint, latest_run_with_last
 
 MONITOR = "val/t2a_mAP@10"
+EVAL_SETTINGS = (
+    "eval_mode",
+    "rerank_k",
+    "eval_text_block",
+    "predict_top_k",
+)  # per command, not per checkpoint
+log = logging.getLogger(__name__)
 
 
 def wandb_credentials_present() -> bool:
@@ -54,6 +68,25 @@ def latest_best_checkpoint(root: str | Path) -> Path | None:
     return None
 
 
+def name_wandb_run(init_args, config_stems: list[str]) -> None:
+    """Name and group a W&B run after its config files, and keep ``log_model`` only where W&B can upload.
+
+    A run without ``name`` is named ``<stems>-<YYYYmmdd-HHMMSS>``, one without ``group`` is grouped by
+    ``<stems>`` (e.g. ``clotho_iter``, or ``demo+single`` for two configs). Checkpoints become W&B
+    artifacts only when the user sets ``log_model`` and the run is online: offline, W&B refuses them,
+    so ``log_model`` is turned off with a warning.
+    """
+    stems = "+".join(config_stems) or "lacoat"
+    if init_args.get("name") is None:
+        init_args["name"] = f"{stems}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if init_args.get("group") is None:
+        init_args["group"] = stems
+    offline = init_args.get("offline") or "offline" in (init_args.get("mode"), os.environ.get("WANDB_MODE"))
+    if init_args.get("log_model") and offline:
+        log.warning("W&B runs offline and cannot store checkpoints as artifacts there: log_model turned off")
+        init_args["log_model"] = False
+
+
 def format_table(metrics: dict[str, float]) -> str:
     """Metrics as an aligned two-column table."""
     width = max(map(len, metrics))
@@ -73,8 +106,20 @@ class LacoatCLI(LightningCLI):
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.enable_version_counter": False,  # one last.ckpt, shared with ResumeCheckpoint
             }
         )
+        parser.add_lightning_class_args(ResumeCheckpoint, "resume")
+        parser.set_defaults({"trainer.plugins": [{"class_path": "lacoat.io.AtomicCheckpointIO"}]})
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning rebuilds the model from the checkpoint's hyperparameters, over the config; keep the
+        evaluation settings of this command (``--model.eval_mode exhaustive`` must not be undone)."""
+        sub = self.config.get("subcommand")
+        keep = {key: self.config[f"{sub}.model.{key}"] for key in EVAL_SETTINGS} if sub else {}
+        super()._parse_ckpt_path()
+        for key, value in keep.items():
+            self.config[f"{sub}.model.{key}"] = value
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
@@ -85,6 +130,34 @@ class LacoatCLI(LightningCLI):
         uses_wandb = any(getattr(lg, "class_path", "").endswith("WandbLogger") for lg in loggers if lg)
         if uses_wandb and not wandb_credentials_present():
             os.environ.setdefault("WANDB_MODE", "offline")
+        for lg in loggers:
+            if lg and getattr(lg, "class_path", "").endswith("WandbLogger"):
+                name_wandb_run(lg.init_args, [Path(str(f)).stem for f in config.get("config") or []])
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            self._resume(config, [lg for lg in loggers if lg and hasattr(lg, "init_args")])
+
+    def _resume(self, config, loggers: list) -> None:
+        """``fit --ckpt_path last|FILE``: continue in the run's checkpoint folder, logger version and W&B run."""
+        ckpt = config.ckpt_path
+        if ckpt == "last":
+            folder = latest_run_with_last(config.trainer.get("default_root_dir") or os.getcwd())
+            config.ckpt_path = ckpt = str(folder / "last.ckpt")
+            print(f"resuming from {ckpt}")
+        elif not Path(ckpt).is_file():
+            raise LacoatError(
+                f"checkpoint to resume from not found: '{ckpt}'. Pass a .ckpt file written by `lacoat fit`, "
+                "or --ckpt_path last for the latest run under trainer.default_root_dir."
+            )
+        folder = Path(ckpt).parent
+        config.checkpoint.dirpath = str(folder)
+        for lg in loggers:
+            if lg.class_path.endswith("WandbLogger"):
+                id_file = folder / WANDB_ID_FILE
+                if id_file.is_file():
+                    lg.init_args["id"] = id_file.read_text().strip()
+                    lg.init_args["resume"] = "allow"
+            elif "version" in lg.init_args:
+                lg.init_args["version"] = folder.name
 
     # ---- fit ----------------------------------------------------------------------------------
     def before_fit(self) -> None:

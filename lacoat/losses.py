@@ -131,12 +131,38 @@ class NTXentLoss(nn.Module):
             - output: ``[]``
         """
         _check_square("sim", sim, text_clip, audio_clip)
-        mask = same_clip_mask(text_clip, audio_clip)  # [B, B]
-        logits = self._logits(sim).masked_fill(mask, float("-inf"))  # [B, B]
-        target = torch.arange(sim.shape[0], device=sim.device)  # [B]
-        loss_t2a = F.cross_entropy(logits, target)  # rows: caption → audio
-        loss_a2t = F.cross_entropy(logits.T, target)  # columns: audio → caption
-        return (loss_t2a + loss_a2t) / 2
+        return self.sharded_contrastive(sim, sim.T, text_clip, audio_clip, text_clip, audio_clip, 0)
+
+    def sharded_contrastive(
+        self,
+        t2a: Tensor,
+        a2t: Tensor,
+        text_clip: Tensor,
+        audio_clip: Tensor,
+        all_text_clip: Tensor,
+        all_audio_clip: Tensor,
+        offset: int,
+    ) -> Tensor:
+        """NT-Xent of one rank's rows against the candidates of all ranks (negatives gathered in DDP).
+
+        Row ``i`` of ``t2a`` is this rank's caption ``i`` against every clip of the global batch; its
+        positive is column ``offset + i``. ``a2t`` likewise for this rank's clips against every caption.
+        Averaged over ranks of equal batch size this equals ``contrastive`` of the global batch.
+
+        Shape:
+            - t2a, a2t: ``[b, N]`` (N = global batch)
+            - text_clip, audio_clip: ``[b]``; all_text_clip, all_audio_clip: ``[N]``
+            - output: ``[]``
+        """
+        rows = torch.arange(t2a.shape[0], device=t2a.device)  # [b]
+        target = rows + offset
+        losses = []
+        for sim, own, other in ((t2a, text_clip, all_audio_clip), (a2t, audio_clip, all_text_clip)):
+            mask = own[:, None] == other[None, :]  # [b, N] same clip ...
+            mask[rows, target] = False  # ... apart from the positive itself
+            logits = self._logits(sim).masked_fill(mask, float("-inf"))
+            losses.append(F.cross_entropy(logits, target))
+        return (losses[0] + losses[1]) / 2
 
     def forward(
         self, sim: Tensor, text_clip: Tensor, audio_clip: Tensor, aux_sim: Tensor | None = None

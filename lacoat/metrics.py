@@ -11,8 +11,8 @@ Definitions (see DESIGN.md, "Metric names"):
   ``1/rank`` if ``rank <= k`` else 0 (DCASE mAP@10).
 
 ``retrieval_metrics`` is the pure, vectorised core; ``directional_metrics`` gives the logged names for
-text→audio and audio→text; ``RetrievalMetrics`` is the torchmetrics ``Metric`` that gathers rows of the
-text→audio score matrix across ranks and computes the same numbers as a single process.
+text→audio and audio→text. Under DDP the module gathers features, not metric rows, and computes these
+once on the full matrix (``lacoat.distributed``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10)
 MAP_K: int = 10
@@ -185,178 +183,3 @@ def directional_metrics(
         values = retrieval_metrics(multi_sim, multi_relevance, (), MULTI_MAP_K)
         out[f"{prefix}/t2a_mAP@{MULTI_MAP_K}_multi"] = values[f"mAP@{MULTI_MAP_K}"].item()
     return out
-
-
-class RetrievalMetrics(Metric):
-    """Gathers rows of the text→audio score matrix (across ranks) and computes ``directional_metrics``.
-
-    The score matrix has one row per text query and one column per clip. Rows are identified by a query
-    index in ``0..Q-1`` where ``Q = n_text + n_multi``:
-
-    - caption queries: the rows *not* in ``multi_query_rows``, in ascending order, match the rows of
-      ``relevance``;
-    - multi-positive queries: the rows ``multi_query_rows`` match the rows of ``multi_relevance``.
-      By default they are ``n_text..Q-1`` (multi-positive queries appended after the captions).
-
-    Call ``update`` with score rows and their query indices, in any order and split over any number of
-    ranks; rows may repeat (``DistributedSampler`` pads with duplicates), the first copy is kept.
-    ``compute`` checks that every query is present and returns ``{name: float}`` with the names of
-    ``metric_names(prefix, multi_relevance is not None)``; the values are exactly those of
-    ``directional_metrics`` on the dense matrix. States are concatenated across ranks.
-
-    Only the full evaluation set gives meaningful numbers, so ``forward`` (``metric(scores, index)``)
-    just updates and returns ``None``.
-
-    Args:
-        relevance: True where caption ``i`` describes clip ``j``.
-        prefix: Stage prefix of the names, e.g. ``"val"``.
-        multi_relevance: Optional relevance of the multi-positive queries (DCASE 2025).
-        multi_query_rows: Query indices of the multi-positive rows; default after the caption rows.
-
-    Shape:
-        - relevance: ``[n_text, n_audio]`` bool
-        - multi_relevance: ``[n_multi, n_audio]`` bool
-        - multi_query_rows: ``[n_multi]`` integer
-    """
-
-    is_differentiable = False
-    higher_is_better = True
-    full_state_update = False
-
-    scores: list[Tensor]
-    query_index: list[Tensor]
-
-    def __init__(
-        self,
-        relevance: Tensor,
-        prefix: str,
-        multi_relevance: Tensor | None = None,
-        multi_query_rows: Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        if relevance.dim() != 2 or relevance.dtype != torch.bool:
-            raise ValueError(
-                f"relevance must be a 2-D bool tensor, got {relevance.dtype} {tuple(relevance.shape)}"
-            )
-        n_text, n_audio = relevance.shape
-        for what, counts in (("captions", relevance.sum(dim=1)), ("clips", relevance.sum(dim=0))):
-            if (counts == 0).any():
-                raise ValueError(f"{int((counts == 0).sum())} {what} have no relevant item in relevance")
-        n_multi = 0
-        if multi_relevance is None:
-            if multi_query_rows is not None:
-                raise ValueError("multi_query_rows is given without multi_relevance")
-            multi_relevance = torch.zeros(0, n_audio, dtype=torch.bool)
-        else:
-            if multi_relevance.dim() != 2 or multi_relevance.dtype != torch.bool:
-                raise ValueError(
-                    f"multi_relevance must be a 2-D bool tensor, got {multi_relevance.dtype} "
-                    f"{tuple(multi_relevance.shape)}"
-                )
-            if multi_relevance.shape[1] != n_audio:
-                raise ValueError(
-                    f"multi_relevance has {multi_relevance.shape[1]} clips, relevance has {n_audio}"
-                )
-            n_multi = multi_relevance.shape[0]
-            if n_multi == 0:
-                raise ValueError(
-                    "multi_relevance has no rows; pass None when there are no multi-positive queries"
-                )
-        n_queries = n_text + n_multi
-        if multi_query_rows is None:
-            multi_query_rows = torch.arange(n_text, n_queries)
-        multi_query_rows = multi_query_rows.long().flatten()  # [n_multi]
-        if (
-            multi_query_rows.numel() != n_multi
-            or multi_query_rows.unique().numel() != n_multi
-            or (
-                multi_query_rows.numel()
-                and not 0 <= int(multi_query_rows.min()) <= int(multi_query_rows.max()) < n_queries
-            )
-        ):
-            raise ValueError(
-                f"multi_query_rows must hold {n_multi} distinct query indices in [0, {n_queries}), "
-                f"got {multi_query_rows.numel()} values"
-            )
-        is_multi = torch.zeros(n_queries, dtype=torch.bool)
-        is_multi[multi_query_rows] = True
-
-        self.prefix = prefix
-        self.has_multi = n_multi > 0
-        self.n_queries = n_queries
-        self.n_audio = n_audio
-        # Buffers follow the metric's device; not persistent, they are configuration, not state.
-        self.register_buffer("relevance", relevance.clone(), persistent=False)  # [n_text, n_audio]
-        self.register_buffer(
-            "multi_relevance", multi_relevance.clone(), persistent=False
-        )  # [n_multi, n_audio]
-        self.register_buffer("multi_query_rows", multi_query_rows, persistent=False)  # [n_multi]
-        self.register_buffer("text_query_rows", (~is_multi).nonzero().flatten(), persistent=False)  # [n_text]
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-        self.add_state("query_index", default=[], dist_reduce_fx="cat")
-
-    def update(self, scores: Tensor, query_index: Tensor) -> None:
-        """Append rows of the text→audio score matrix.
-
-        Args:
-            scores: Scores of a batch of text queries against all clips.
-            query_index: Row of each query in the full score matrix, in ``0..Q-1``.
-
-        Shape:
-            - scores: ``[q, n_audio]``
-            - query_index: ``[q]``
-        """
-        if scores.dim() != 2 or scores.shape[1] != self.n_audio:
-            raise ValueError(f"scores must be [q, {self.n_audio}] (all clips), got {tuple(scores.shape)}")
-        if query_index.shape != scores.shape[:1]:
-            raise ValueError(
-                f"query_index must be [{scores.shape[0]}] (one per score row), got {tuple(query_index.shape)}"
-            )
-        self.scores.append(scores.detach().float())  # [q, n_audio]
-        self.query_index.append(query_index.detach().long())  # [q]
-
-    def forward(self, scores: Tensor, query_index: Tensor) -> None:
-        """Same as ``update``: metrics of a single batch are meaningless for retrieval.
-
-        Shape:
-            - scores: ``[q, n_audio]``
-            - query_index: ``[q]``
-        """
-        self.update(scores, query_index)
-
-    def compute(self) -> dict[str, float]:
-        """Metrics of the dense score matrix assembled from all rows seen (on all ranks).
-
-        Raises:
-            ValueError: If a query index is out of range or a query is missing.
-        """
-        if isinstance(self.query_index, list) and not self.query_index:
-            raise ValueError(
-                f"RetrievalMetrics({self.prefix!r}): no scores were given (update was never called)"
-            )
-        scores = dim_zero_cat(self.scores)  # [rows, n_audio]
-        query_index = dim_zero_cat(self.query_index)  # [rows]
-        out_of_range = (query_index < 0) | (query_index >= self.n_queries)
-        if out_of_range.any():
-            raise ValueError(
-                f"RetrievalMetrics({self.prefix!r}): {int(out_of_range.sum())} query indices outside "
-                f"[0, {self.n_queries}), e.g. {int(query_index[out_of_range][0])}"
-            )
-        order = torch.argsort(query_index, stable=True)  # [rows]
-        sorted_index = query_index[order]  # [rows]
-        first = torch.ones_like(sorted_index, dtype=torch.bool)  # [rows]
-        first[1:] = sorted_index[1:] != sorted_index[:-1]
-        order = order[first]  # [Q'] rows of the distinct queries, by query index
-        if order.numel() != self.n_queries:
-            present = torch.zeros(self.n_queries, dtype=torch.bool, device=query_index.device)
-            present[query_index] = True
-            missing = (~present).nonzero().flatten()
-            raise ValueError(
-                f"RetrievalMetrics({self.prefix!r}): {missing.numel()} of {self.n_queries} queries have no "
-                f"scores, e.g. query indices {missing[:5].tolist()}; every query must be evaluated"
-            )
-        dense = scores[order]  # [Q, n_audio]
-        multi = None
-        if self.has_multi:
-            multi = (dense[self.multi_query_rows], self.multi_relevance)
-        return directional_metrics(dense[self.text_query_rows], self.relevance, self.prefix, multi)

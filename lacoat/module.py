@@ -3,7 +3,9 @@
 The module receives its parts (matcher with encoders and cascade, loss) by injection, so a YAML
 config picks them by ``class_path``. Evaluation collects token features of the split's unique clips
 and of its queries (two dataloaders), then scores every query against every clip at epoch end and
-computes the DESIGN.md metrics from that dense matrix.
+computes the DESIGN.md metrics from that dense matrix. Under DDP every rank gathers the features of
+all ranks, drops the distributed sampler's padding duplicates and computes the metrics on the full
+matrix, so no metric is a per-rank average (all ranks hold the same values).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor
 
-from lacoat.errors import LacoatError
+from lacoat.distributed import gather_tokens, unique_rows
+from lacoat.errors import LacoatError, NumericalError
 from lacoat.losses import NTXentLoss, hardest_negatives
 from lacoat.metrics import directional_metrics
 from lacoat.models.matcher import AudioTextMatcher, Tokens
@@ -36,6 +39,9 @@ class LacoatModule(L.LightningModule):
             ``hard_negatives`` scores each query's positive and its ``hard_negatives`` hardest
             in-batch negatives, ranked by the bi-encoder, in both directions (B·(1+2M) passes).
         hard_negatives: M, negatives per query in ``hard_negatives`` mode.
+        gather_negatives: under DDP, score this rank's captions and clips against the batches of
+            all ranks (token features gathered with their gradients), so every rank sees the global
+            batch's negatives (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
         lr: learning rate of everything but the encoders.
         encoder_lr: learning rate of trainable encoder weights.
         weight_decay: AdamW weight decay (never on biases, norms or the temperature).
@@ -54,6 +60,7 @@ class LacoatModule(L.LightningModule):
         loss: NTXentLoss,
         train_pairs: Literal["full", "hard_negatives"] = "full",
         hard_negatives: int = 7,
+        gather_negatives: bool = False,
         lr: float = 3e-4,
         encoder_lr: float = 1e-5,
         weight_decay: float = 0.01,
@@ -70,6 +77,7 @@ class LacoatModule(L.LightningModule):
         self.save_hyperparameters(ignore=None if built_by_cli else ["matcher", "loss"])
         self.matcher, self.loss = matcher, loss
         self.train_pairs, self.hard_negatives = train_pairs, hard_negatives
+        self.gather_negatives = gather_negatives
         self.lr, self.encoder_lr = lr, encoder_lr
         self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
         self.eval_mode, self.rerank_k = eval_mode, rerank_k
@@ -101,22 +109,83 @@ class LacoatModule(L.LightningModule):
             )
 
     # ---- training -------------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        skipped = float(batch.get("n_skipped", 0))  # items the loader dropped (data.on_bad_audio: skip)
+        self.log("train/skipped", skipped, on_epoch=True, on_step=False, reduce_fx="sum", sync_dist=True)
+        if "clip_index" not in batch:  # every item of the batch was skipped: no step
+            if self.trainer.world_size > 1:  # the other ranks wait for this one's gradients: send zeros
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return None
         text, audio = self.matcher.text_of(batch), self.matcher.audio_of(batch)
         clip = batch["clip_index"]
         bi = self.matcher.bi_scores(text, audio)  # [B, B]
-        if self.matcher.cascade is None:
+        if self.gather_negatives and self.trainer.world_size > 1 and self.train_pairs == "full":
+            out = self._global_batch_loss(text, audio, clip)
+        elif self.matcher.cascade is None:
             out = self.loss(bi, clip, clip)
         elif self.train_pairs == "full":
             out = self.loss(self.matcher.score_matrix(text, audio), clip, clip, aux_sim=bi)
         else:
             out = self._hard_negative_loss(text, audio, clip, bi)
+        self._check_finite(out["loss"], batch, batch_idx)
         batch_size = len(clip)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size)
         self.log("train/loss_main", out["loss_main"], batch_size=batch_size)
         self.log("train/loss_aux", out["loss_aux"], batch_size=batch_size)
         self.log("train/temperature", out["temperature"], batch_size=batch_size)
         return out["loss"]
+
+    def _check_finite(self, loss: Tensor, batch: dict[str, Any], batch_idx: int) -> None:
+        """Stop at a NaN or infinite loss (Lightning would go on), naming the batch's files and the fix.
+
+        Every process takes part in the decision, so under DDP all stop together instead of waiting
+        for one that raised.
+        """
+        finite = bool(torch.isfinite(loss).all())
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1:
+            everywhere = trainer.strategy.reduce_boolean_decision(finite, all=True)
+        else:
+            everywhere = finite
+        if everywhere:
+            return
+        files = list(dict.fromkeys(batch.get("audio_paths", [])))
+        if finite:
+            where = "another process's batch (its log names the files)"
+        else:
+            log.error("non-finite loss; the batch's audio files: %s", files)
+            more = f" and {len(files) - 16} more" if len(files) > 16 else ""
+            shown = ", ".join(f"'{f}'" for f in files[:16]) + more
+            where = f"a batch of {len(files)} clip(s): {shown}"
+        raise NumericalError(
+            f"training loss is {loss.detach().float().item()} at step {self.global_step} (epoch "
+            f"{self.current_epoch}, batch {batch_idx}) in {where}. Lower model.lr, set "
+            "trainer.gradient_clip_val (e.g. 1.0), or check those files; then resume from the last good "
+            "checkpoint with --ckpt_path last."
+        )
+
+    def _global_batch_loss(self, text: Tokens, audio: Tokens, clip: Tensor) -> dict[str, Tensor]:
+        """NT-Xent of this rank's captions and clips against every rank's (``gather_negatives``)."""
+        all_text, all_text_clip, sizes = gather_tokens(self, text, clip, sync_grads=True)
+        all_audio, all_audio_clip, _ = gather_tokens(self, audio, clip, sync_grads=True)
+        offset = int(sizes[: self.global_rank].sum())
+        m = self.matcher
+
+        def loss_of(t2a: Tensor, a2t: Tensor) -> Tensor:  # [b, N] each
+            return self.loss.sharded_contrastive(t2a, a2t, clip, clip, all_text_clip, all_audio_clip, offset)
+
+        loss_aux = loss_of(m.bi_scores(text, all_audio), m.bi_scores(all_text, audio).T)
+        if m.cascade is None:
+            loss_main = loss_aux
+        else:
+            loss_main = loss_of(m.score_matrix(text, all_audio), m.score_matrix(all_text, audio).T)
+        weight = self.loss.aux_weight if m.cascade is not None else 0.0
+        return {
+            "loss": loss_main + weight * loss_aux,
+            "loss_main": loss_main,
+            "loss_aux": loss_aux,
+            "temperature": self.loss.temperature,
+        }
 
     def _hard_negative_loss(self, text: Tokens, audio: Tokens, clip: Tensor, bi: Tensor) -> dict[str, Tensor]:
         m = self.hard_negatives
@@ -140,9 +209,9 @@ class LacoatModule(L.LightningModule):
 
     # ---- evaluation -----------------------------------------------------------------------------
     def _collect(self, batch: dict[str, Any]) -> None:
-        if "clip_index" in batch:
+        if "clip_index" in batch:  # a batch whose clips were all skipped has neither index
             self._eval["audio"].append((batch["clip_index"], self.matcher.audio_of(batch)))
-        else:
+        elif "query_index" in batch:
             self._eval["text"].append((batch["query_index"], self.matcher.text_of(batch)))
 
     def _start_eval(self) -> None:
@@ -153,10 +222,10 @@ class LacoatModule(L.LightningModule):
         clip indices of their rows and columns."""
         parts, indices = {}, {}
         for side, items in self._eval.items():
-            index = torch.cat([i for i, _ in items])
-            order = torch.argsort(index)
             feats = Tokens.cat([f for _, f in items])
-            parts[side], indices[side] = feats[order.to(feats.tokens.device)], index[order]
+            index = torch.cat([i for i, _ in items]).to(feats.tokens.device)
+            feats, index, _ = gather_tokens(self, feats, index)  # every rank's items (DDP)
+            parts[side], indices[side] = unique_rows(feats, index)
         self._eval = {}
         bi = self.matcher.bi_scores(parts["text"], parts["audio"])
         if self.eval_mode == "rerank":
@@ -216,6 +285,7 @@ class LacoatModule(L.LightningModule):
                 value,
                 prog_bar=name in ("val/t2a_mAP@10", "val_bi/t2a_mAP@10"),
                 add_dataloader_idx=False,
+                sync_dist=True,  # identical on every rank; silences Lightning's epoch-level DDP warning
             )
 
     def on_test_epoch_start(self) -> None:
@@ -228,7 +298,7 @@ class LacoatModule(L.LightningModule):
         sim, bi, query_index, clip_index = self._score_collected()
         self.test_scores = (sim.cpu(), query_index, clip_index)  # for callbacks (RetrievalExamples)
         self.test_results = self._metrics("test", sim, bi, query_index, clip_index)
-        self.log_dict(self.test_results, add_dataloader_idx=False)
+        self.log_dict(self.test_results, add_dataloader_idx=False, sync_dist=True)
 
     def on_predict_epoch_start(self) -> None:
         self._start_eval()

@@ -123,7 +123,10 @@ def extract_main(argv: list[str]) -> None:
     )
     parser.add_argument("--config", required=True, help="a lacoat config with data.feature_cache set")
     parser.add_argument(
-        "--stages", type=list[Literal["train", "val", "test"]], default=["train", "val", "test"], help="splits"
+        "--stages",
+        type=list[Literal["train", "val", "test"]],
+        default=["train", "val", "test"],
+        help="splits",
     )
     parser.add_argument("--shard_size", type=int, default=256, help="items per cache file (unit of resuming)")
     parser.add_argument("--batch_size", type=int, default=16, help="items encoded at once")
@@ -151,3 +154,136 @@ def extract_main(argv: list[str]) -> None:
         for name, reason in list(r.skipped.items())[:5]:
             print(f"      skipped {name}: {reason}")
     print(f"features in {built['data'].feature_cache} ({time.perf_counter() - start:.1f} s)")
+
+
+def augment_main(argv: list[str]) -> None:
+    """``lacoat augment --input CAPTIONS.csv --output AUG.csv --n 2 --model NAME [--base_url URL]``"""
+    import logging
+    import sys
+
+    from jsonargparse import ActionYesNo
+
+    from lacoat.augment.run import augment, failure_report_path
+
+    for name in ("httpx", "httpx2"):  # one INFO line per request otherwise; retries are logged by lacoat
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+    parser = ArgumentParser(prog="lacoat augment", description=(augment.__doc__ or "").split("\n")[0])
+    parser.add_function_arguments(augment, as_group=False, skip={"dry_run", "progress"})
+    parser.add_argument(
+        "--dry_run",
+        action=ActionYesNo(no_prefix="no_"),
+        default=False,
+        help="count the requests a run would send and estimate their tokens; send nothing",
+    )
+    parser.add_argument(
+        "--progress",
+        action=ActionYesNo(no_prefix="no_"),
+        default=True,
+        help="progress bar (--no_progress: none)",
+    )
+    kwargs = {k: v for k, v in vars(parser.parse_args(argv).clone()).items() if not k.startswith("__")}
+    try:
+        stats = augment(**kwargs)
+    except KeyboardInterrupt:
+        print(
+            "\nlacoat augment: interrupted; answers received so far are stored, re-run to resume",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    if kwargs["dry_run"] and kwargs["backend"] == "rules":
+        print(
+            f"dry run: {stats.rows} captions ({stats.unique} distinct), {stats.to_ask} to paraphrase (rules: no tokens)"
+        )
+        return
+    if kwargs["dry_run"]:
+        print(
+            f"dry run: {stats.rows} captions ({stats.unique} distinct), {stats.cached} already in the store: "
+            f"{stats.to_ask} request(s) to send (more if some are retried). Estimated tokens (characters / 4, "
+            f"an estimate only): {stats.estimated_prompt_tokens} prompt + {stats.estimated_completion_tokens} "
+            "completion."
+        )
+        return
+    print(f"augment: {stats.summary()}")
+    print(f"wrote {kwargs['output']}")
+    if stats.written < stats.rows * kwargs["n"]:
+        retry = "the rules give no more for them" if kwargs["backend"] == "rules" else "re-run to retry them"
+        print(
+            f"{stats.rows * kwargs['n'] - stats.written} paraphrase rows missing: the captions are listed "
+            f"in {failure_report_path(kwargs['output'])} ({retry})"
+        )
+
+
+def explain_main(argv: list[str]) -> None:
+    """``lacoat explain --ckpt CKPT --audio FILE "query" --out map.png [--layer -1]``"""
+    from lacoat.explain import attention_map, draw_attention_map
+    from lacoat.retrieval.library import load_model
+
+    parser = ArgumentParser(
+        prog="lacoat explain",
+        description="Draw the word × time co-attention of one query and one clip (mean of heads).",
+    )
+    parser.add_argument("query", type=str, help="the text query")
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by `lacoat fit` (with a cascade)")
+    parser.add_argument("--audio", required=True, help="audio file (read whole, every window)")
+    parser.add_argument("--out", default="attention_map.png", help="image to write (PNG, PDF, SVG by suffix)")
+    parser.add_argument(
+        "--layer", type=int, default=-1, help="guided-attention layer, counted from 0 (-1 = the last)"
+    )
+    args = parser.parse_args(argv)
+    model = load_model(args.ckpt)
+    amap = attention_map(model.matcher, args.audio, args.query, layer=args.layer)
+    draw_attention_map(amap, args.out)
+    print(
+        f"{amap.layer}: {len(amap.rows)} words x {amap.weights.shape[1]} audio tokens "
+        f"({amap.token_seconds * 1000:.0f} ms each), score {amap.score:.3f}; written to {args.out}"
+    )
+
+
+def download_main(argv: list[str]) -> None:
+    """``lacoat download clotho|audiocaps --root DIR``"""
+    from lacoat.download import download_audiocaps, download_clotho
+
+    parser = ArgumentParser(
+        prog="lacoat download",
+        description="Download Clotho v2.1 or AudioCaps with aac-datasets (pip install 'lacoat[data]').",
+    )
+    parser.add_argument("dataset", type=Literal["clotho", "audiocaps"], help="clotho or audiocaps")
+    parser.add_argument("--root", required=True, help="folder to download into (the config's data root)")
+    parser.add_argument(
+        "--subsets",
+        type=list[str] | None,
+        default=None,
+        help="clotho: dev, val, eval; audiocaps: train, val, test (default: all three)",
+    )
+    parser.add_argument("--force", type=bool, default=False, help="download again files already there")
+    parser.add_argument("--keep_archives", type=bool, default=False, help="clotho: keep the 7z archives")
+    parser.add_argument("--ytdlp_path", default="yt-dlp", help="audiocaps: the yt-dlp executable")
+    parser.add_argument("--ffmpeg_path", default="ffmpeg", help="audiocaps: the ffmpeg executable")
+    parser.add_argument("--max_workers", type=int, default=4, help="audiocaps: clips fetched in parallel")
+    args = parser.parse_args(argv)
+    if args.dataset == "clotho":
+        subsets = tuple(args.subsets or ("dev", "val", "eval"))
+        _check_subsets(subsets, ("dev", "val", "eval"), "clotho")
+        counts = download_clotho(args.root, subsets, clean_archives=not args.keep_archives, force=args.force)
+        config = "configs/clotho_iter.yaml"
+    else:
+        subsets = tuple(args.subsets or ("train", "val", "test"))
+        _check_subsets(subsets, ("train", "val", "test"), "audiocaps")
+        counts = download_audiocaps(
+            args.root, subsets, args.ytdlp_path, args.ffmpeg_path, args.max_workers, args.force
+        )
+        config = "configs/audiocaps_iter.yaml"
+    clips = ", ".join(f"{split} {n} clips" for split, n in counts.items())
+    print(
+        f"{args.dataset} ready in {args.root}: {clips}. Use it with "
+        f"`lacoat fit --config {config} --data.source.init_args.root {args.root}`"
+    )
+
+
+def _check_subsets(subsets: tuple[str, ...], allowed: tuple[str, ...], dataset: str) -> None:
+    from lacoat.errors import DataError
+
+    unknown = sorted(set(subsets) - set(allowed))
+    if unknown:
+        raise DataError(f"unknown {dataset} subset(s) {unknown}; choose among {', '.join(allowed)}")

@@ -34,8 +34,14 @@ class AudioWindows:
 def audio_info(path: str | Path) -> sf._SoundFileInfo:
     """Header of an audio file, read without decoding; raises ``AudioReadError`` naming the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise AudioReadError(f"audio file not found: '{path}'. Check the data root and the file name.")
+    if path.is_dir():
+        raise AudioReadError(f"'{path}' is a folder, not an audio file. Check the file_name in the CSV.")
+    if not path.is_file():
+        raise AudioReadError(
+            f"'{path}' is not a regular file (a device or pipe?); copy the audio file there."
+        )
     if path.stat().st_size == 0:
         raise AudioReadError(f"audio file is empty (0 bytes): '{path}'. Re-download or remove this clip.")
     try:
@@ -53,13 +59,16 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
 def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Read an audio file as mono float32 at ``sample_rate``.
 
-    Channels are averaged; the file's rate is converted with soxr (high quality).
+    Channels are averaged; the file's rate is converted with soxr (high quality). Silence is valid
+    audio (a clip of zeros is returned as it is); a WAV file cut short after its header is read up to
+    where it stops (libsndfile's behaviour), while a cut FLAC or OGG stream fails to decode.
 
     Returns:
         ``[T]`` float32 samples.
 
     Raises:
-        AudioReadError: the file is missing, empty, corrupt or holds no samples; the message names it.
+        AudioReadError: the file is missing, a folder, empty, corrupt, in a format soundfile cannot
+            decode, holds no samples, or decodes to NaN or infinite values; the message names it.
     """
     path = Path(path)
     audio_info(path)

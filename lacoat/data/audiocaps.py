@@ -12,10 +12,19 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lacoat.data.source import CaptionSource
-from lacoat.data.table import Policy, drop_empty_captions, read_csv_strict
+from lacoat.data.table import (
+    CaptionRules,
+    Policy,
+    drop_bad_rows,
+    read_csv_strict,
+    record_lines,
+    repeated_lines,
+    require_rows,
+)
 from lacoat.errors import DataError
 
 AUDIOCAPS_COLUMNS = ["audiocap_id", "youtube_id", "start_time", "caption"]
@@ -44,26 +53,37 @@ def audiocaps_layout(root: str | Path, audio_pattern: str | None) -> tuple[Path,
 
 
 def read_audiocaps_split(
-    root: str | Path, split: str, audio_pattern: str | None, on_empty_caption: Policy = "error"
+    root: str | Path, split: str, audio_pattern: str | None, captions: CaptionRules | Policy = "error"
 ) -> pd.DataFrame:
-    """Read one AudioCaps split as a caption table; ``file_name`` is the clip's path relative to root."""
+    """Read one AudioCaps split as a caption table; ``file_name`` is the clip's path relative to root.
+
+    Bad rows follow ``captions`` (see ``lacoat.data.table``); a start_time that is not a number and
+    a row identical to an earlier one are bad too. Identical captions of one clip with different
+    ``audiocap_id`` are kept: AudioCaps has such pairs (118 in test), and evaluations count both.
+    """
     base, pattern = audiocaps_layout(root, audio_pattern)
     path = base / f"{split}.csv"
     df = read_csv_strict(path, AUDIOCAPS_COLUMNS)
-    start = pd.to_numeric(df["start_time"], errors="coerce")
-    if start.isna().any():
-        line = int(start.isna().to_numpy().argmax()) + 2
-        raise DataError(
-            f"'{path}' line {line}: start_time {df['start_time'].iloc[line - 2]!r} is not a number"
-        )
+    require_rows(df, path)
+    lines = record_lines(path, len(df))
+    start = pd.to_numeric(df["start_time"], errors="coerce").to_numpy()
+    valid = np.isfinite(start)
+    repeats = repeated_lines(df, AUDIOCAPS_COLUMNS, lines)
+    problems = [
+        f"start_time {text!r} is not a number" if not ok else (f"repeats line {k}" if k else "")
+        for text, ok, k in zip(df["start_time"], valid, repeats, strict=True)
+    ]
     start_text = df["start_time"].str.strip()  # as written: "20", not "20.0"
-    end_text = [str(int(s + 10)) if float(s).is_integer() else str(s + 10) for s in start]
+    end_text = [
+        "" if not ok else str(int(s + 10)) if float(s).is_integer() else str(s + 10)
+        for s, ok in zip(start, valid, strict=True)
+    ]
     names = [
         pattern.format(split=split, youtube_id=y, start_time=s, end_time=e)
         for y, s, e in zip(df["youtube_id"], start_text, end_text, strict=True)
     ]
     table = pd.DataFrame({"file_name": names, "caption": df["caption"], "audiocap_id": df["audiocap_id"]})
-    table = drop_empty_captions(table, path, on_empty_caption, pd.Series(df.index.to_numpy() + 2))
+    table = drop_bad_rows(table, path, captions, lines, problems=problems)
     table["audio_path"] = [str(base / name) for name in table["file_name"]]
     table["source"] = "original"
     return table.reset_index(drop=True)
@@ -98,8 +118,8 @@ class AudioCaps(CaptionSource):
         self.audio_pattern = audio_pattern
         audiocaps_layout(root, audio_pattern)
 
-    def read_split(self, split: str, on_empty_caption: Policy) -> pd.DataFrame:
-        return read_audiocaps_split(self.root, split, self.audio_pattern, on_empty_caption)
+    def read_split(self, split: str, captions: CaptionRules | Policy) -> pd.DataFrame:
+        return read_audiocaps_split(self.root, split, self.audio_pattern, captions)
 
     def __repr__(self) -> str:
         return f"AudioCaps(root={self.root!r}, audio_pattern={self.audio_pattern!r})"

@@ -17,10 +17,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lacoat.data.source import CaptionSource
-from lacoat.data.table import Policy, drop_empty_captions, read_csv_strict, wide_to_long
+from lacoat.data.table import (
+    CaptionRules,
+    Policy,
+    drop_bad_rows,
+    read_csv_strict,
+    record_lines,
+    require_rows,
+    wide_to_long,
+)
 from lacoat.errors import DataError
 
 CLOTHO_SPLITS = ("development", "validation", "evaluation")
@@ -49,13 +58,25 @@ def clotho_layout(root: str | Path) -> tuple[Path, Path]:
     )
 
 
-def read_clotho_split(root: str | Path, split: str, on_empty_caption: Policy = "error") -> pd.DataFrame:
-    """Read one Clotho split as a caption table (five rows per clip, file names untouched)."""
+def read_clotho_split(
+    root: str | Path, split: str, captions: CaptionRules | Policy = "error"
+) -> pd.DataFrame:
+    """Read one Clotho split as a caption table (five rows per clip, file names untouched).
+
+    Bad rows follow ``captions`` (see ``lacoat.data.table``); a clip listed on a second line is bad
+    as a whole (all five captions of the later line), since its captions would count twice.
+    """
     csv_dir, audio_dir = clotho_layout(root)
     path = csv_dir / f"clotho_captions_{split}.csv"
     wide = read_csv_strict(path, ["file_name", *CAPTION_COLUMNS])
-    long, lines = wide_to_long(wide, CAPTION_COLUMNS)
-    long = drop_empty_captions(long, path, on_empty_caption, lines)
+    require_rows(wide, path)
+    wide_lines = record_lines(path, len(wide))
+    first_line = wide_lines.groupby(wide["file_name"].to_numpy()).transform("first").to_numpy()
+    repeats = np.where(wide["file_name"].duplicated().to_numpy(), first_line, 0)
+    long, lines = wide_to_long(wide, CAPTION_COLUMNS, wide_lines)
+    problems = [f"clip already listed on line {k}" if k else "" for k in repeats.repeat(len(CAPTION_COLUMNS))]
+    fields = CAPTION_COLUMNS * len(wide)
+    long = drop_bad_rows(long, path, captions, lines, fields, problems)
     split_dir = audio_dir / split
     long["audio_path"] = [str(split_dir / name) for name in long["file_name"]]
     long["source"] = "original"
@@ -86,8 +107,8 @@ class Clotho(CaptionSource):
         self.root = root
         clotho_layout(root)  # fail at configuration time, with the fix, if the folder is wrong
 
-    def read_split(self, split: str, on_empty_caption: Policy) -> pd.DataFrame:
-        return read_clotho_split(self.root, split, on_empty_caption)
+    def read_split(self, split: str, captions: CaptionRules | Policy) -> pd.DataFrame:
+        return read_clotho_split(self.root, split, captions)
 
     def __repr__(self) -> str:
         return f"Clotho(root={self.root!r})"

@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 
 def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Collate dataset items into a batch; items that are ``None`` (skipped bad clips) are dropped.
+    """Collate dataset items into a batch; skipped bad clips (a ``{"skipped": path, "reason": …}``
+    marker, or ``None``) are dropped and listed.
 
     Returns:
         A dict with whichever of these the items carry:
@@ -21,10 +22,14 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
         ``captions`` list of B strings, ``clip_index [B]`` and ``query_index [B]`` int64,
         cached encoder outputs ``audio_tokens [B, La, D]`` / ``audio_mask [B, La]`` and
         ``text_tokens [B, Lt, D]`` / ``text_mask [B, Lt]`` (float32, zero-padded, padding masked),
-        and ``n_skipped`` (items dropped).
+        ``audio_paths`` list of B audio files (when items name them), ``n_skipped`` (items dropped)
+        and ``skipped``, the ``(path, reason)`` of each dropped item that has a marker.
     """
-    kept = [item for item in items if item is not None]
-    batch: dict[str, Any] = {"n_skipped": len(items) - len(kept)}
+    kept = [item for item in items if item is not None and "skipped" not in item]
+    batch: dict[str, Any] = {
+        "n_skipped": len(items) - len(kept),
+        "skipped": [(item["skipped"], item["reason"]) for item in items if item and "skipped" in item],
+    }
     if not kept:
         return batch
     first = kept[0]
@@ -45,6 +50,8 @@ def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
             batch[f"{side}_tokens"], batch[f"{side}_mask"] = tokens, mask
     if "caption" in first:
         batch["captions"] = [item["caption"] for item in kept]
+    if "audio_path" in first:
+        batch["audio_paths"] = [item["audio_path"] for item in kept]
     for key in ("clip_index", "query_index"):
         if key in first:
             batch[key] = torch.tensor([item[key] for item in kept], dtype=torch.long)

@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lacoat.data.audio import audio_info
 from lacoat.data.collate import collate
 from lacoat.data.datasets import AudioLoader, ClipDataset, EvalSet, PairDataset, QueryDataset
 from lacoat.data.features import CachedFeatures, CacheSpec, FeatureStore, audio_spec, text_spec
+from lacoat.data.report import STAGE_OF_RUNNING, publish
 from lacoat.data.source import CaptionSource
-from lacoat.data.table import Policy, read_augmented, read_multi_positive
+from lacoat.data.table import CaptionRules, Policy, read_augmented, read_multi_positive
 from lacoat.errors import AudioReadError, DataError
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 
@@ -29,13 +32,20 @@ log = logging.getLogger(__name__)
 
 
 def drop_unavailable_clips(
-    table: pd.DataFrame, split: str, max_missing_fraction: float, on_bad_audio: Policy, check_audio: bool
+    table: pd.DataFrame,
+    split: str,
+    max_missing_fraction: float,
+    on_bad_audio: Policy,
+    check_audio: bool,
+    max_skipped_fraction: float = 0.5,
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Remove rows whose clip is missing (or, with ``check_audio``, unreadable) and report them.
+    """Remove rows whose clip is missing or unreadable, by policy, and report them.
 
-    Missing files are skipped up to ``max_missing_fraction`` of the split's clips. Unreadable files
-    (empty, corrupt header) are an error unless ``on_bad_audio == "skip"``; skipped ones count towards
-    the same fraction.
+    Unreadable means a folder or other non-file, or, with ``check_audio``, a header that cannot be
+    read: empty, corrupt, unsupported format, no samples. Under ``error``, an unreadable file stops
+    loading and missing files are skipped up to ``max_missing_fraction`` of the split's clips (YouTube
+    removals in AudioCaps). Under ``skip``, missing and unreadable files are both skipped, up to the
+    larger of ``max_missing_fraction`` and ``max_skipped_fraction`` (more is a wrong data root or pattern).
 
     Returns:
         The remaining rows and the ``(audio_path, reason)`` of every skipped clip.
@@ -43,27 +53,37 @@ def drop_unavailable_clips(
     paths = table["audio_path"].drop_duplicates().tolist()
     missing, bad = [], []
     for path in paths:
-        if not Path(path).is_file():
-            missing.append((path, "missing"))
-        elif check_audio:
+        if not Path(path).exists():  # a dangling link counts as missing
+            missing.append((path, "missing (file not found)"))
+        elif check_audio or not Path(path).is_file():
             try:
                 audio_info(path)
             except AudioReadError as err:
                 bad.append((path, str(err)))
     if bad and on_bad_audio == "error":
         raise DataError(
-            f"{len(bad)} unreadable audio file(s) in split '{split}'; first: {bad[0][1]}\n"
-            "Replace them, or set data.on_bad_audio: skip to leave them out (they are then counted)."
+            f"{len(bad)} unreadable audio file(s) in split '{split}'; first: {bad[0][1]} "
+            "Replace them, or set data.on_bad_audio: skip to leave them out (they are then counted and "
+            "listed in skipped.csv)."
         )
     skipped = missing + bad
     if not skipped:
         return table, []
     fraction = len(skipped) / len(paths)
-    if fraction > max_missing_fraction:
+    if on_bad_audio == "error" and fraction > max_missing_fraction:
         raise DataError(
             f"{len(skipped)} of {len(paths)} clips ({fraction:.1%}) of split '{split}' are missing or "
             f"unreadable, more than max_missing_fraction={max_missing_fraction:g}; first: '{skipped[0][0]}'. "
-            "Check the data root and the audio file pattern, or raise max_missing_fraction."
+            "Check the data root and the audio file pattern, raise max_missing_fraction, or set "
+            "data.on_bad_audio: skip to leave missing clips out (they are then listed in skipped.csv)."
+        )
+    limit = max(max_missing_fraction, max_skipped_fraction)
+    if fraction > limit:
+        raise DataError(
+            f"{len(skipped)} of {len(paths)} clips ({fraction:.1%}) of split '{split}' are missing or "
+            f"unreadable, more than max_skipped_fraction={limit:g}; first: '{skipped[0][0]}'. "
+            "So many usually means a wrong data root or audio file pattern; else raise "
+            "data.max_skipped_fraction."
         )
     log.warning(
         "split '%s': skipped %d of %d clips (%.1f%%: %d missing, %d unreadable), first: %s",
@@ -92,11 +112,23 @@ class RetrievalDataModule(L.LightningDataModule):
         max_train_windows: windows per training clip (a random run of them); None keeps all.
         max_eval_windows: windows per evaluation clip (the first ones); None keeps all.
         min_last_window: drop a trailing partial window shorter than this fraction of a window.
-        on_bad_audio: ``error`` stops on a corrupt or empty file; ``skip`` leaves it out and counts it.
-        on_empty_caption: ``error`` or ``skip`` for blank captions.
+        on_bad_audio: ``error`` stops on a missing, corrupt, empty or undecodable file (missing ones are
+            tolerated up to the source's ``max_missing_fraction``), naming it; ``skip`` leaves such
+            clips out, at setup or when a batch meets them, counts them and lists them in the run's
+            ``skipped.csv`` (see ``lacoat.data.report``). Silent clips are valid audio and kept.
+        on_bad_caption: ``error`` stops on a bad caption row (empty or blank caption, line break,
+            control character, longer than ``max_caption_chars``, blank file name, repeated row),
+            naming the CSV line; ``skip`` drops such rows, counts them and lists them in ``skipped.csv``.
+        max_caption_chars: longest caption accepted (None: no limit). A longer one is almost always a
+            broken row (lines merged by a stray quote); real captions stay under 300 characters.
+        max_skipped_fraction: under ``skip``, the fraction of a split's clips or caption rows that may
+            be skipped before loading fails (skipping more usually means a wrong root or file).
         check_audio: read every file's header at setup, so bad files surface before training starts.
         augmented_captions: CSV of paraphrased training captions (``file_name,caption`` + provenance);
-            added to the training split only.
+            added to the training split only, each with its clip's identity (``lacoat augment`` makes it).
+        augmented_ratio: fraction of the augmented captions used, in (0, 1]: a fixed random subset
+            chosen by ``seed`` (1.0 uses all). With ``lacoat augment --n N``, ``1/N`` adds about one
+            paraphrase per original caption.
         multi_positive: DCASE 2025 ``metadata_eval.csv`` (``query,audio_filenames``) for the test split.
         pin_memory: pin batches (default: when CUDA is available).
         seed: seed of shuffling and of random window choice.
@@ -116,9 +148,12 @@ class RetrievalDataModule(L.LightningDataModule):
         max_eval_windows: int | None = None,
         min_last_window: float = 0.0,
         on_bad_audio: Policy = "error",
-        on_empty_caption: Policy = "error",
+        on_bad_caption: Policy = "error",
+        max_caption_chars: int | None = 1000,
+        max_skipped_fraction: float = 0.5,
         check_audio: bool = True,
         augmented_captions: str | None = None,
+        augmented_ratio: float = 1.0,
         multi_positive: str | None = None,
         pin_memory: bool | None = None,
         seed: int = 0,
@@ -133,9 +168,14 @@ class RetrievalDataModule(L.LightningDataModule):
         self.train_loader = AudioLoader(sample_rate, window_seconds, max_train_windows, min_last_window)
         self.eval_loader = AudioLoader(sample_rate, window_seconds, max_eval_windows, min_last_window)
         self.on_bad_audio = on_bad_audio
-        self.on_empty_caption = on_empty_caption
+        self.on_bad_caption = on_bad_caption
+        self.max_caption_chars = max_caption_chars
+        self.max_skipped_fraction = max_skipped_fraction
         self.check_audio = check_audio
         self.augmented_captions = augmented_captions
+        if not 0.0 < augmented_ratio <= 1.0:
+            raise DataError(f"augmented_ratio must lie in (0, 1], got {augmented_ratio}")
+        self.augmented_ratio = augmented_ratio
         self.multi_positive = multi_positive
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed
@@ -144,29 +184,52 @@ class RetrievalDataModule(L.LightningDataModule):
         self.tokens_per_window = 1
         self.train_table: pd.DataFrame | None = None
         self.eval_sets: dict[str, EvalSet] = {}
-        self.skipped: dict[str, list[tuple[str, str]]] = {}
+        self.skipped: dict[str, list[tuple[str, str]]] = {}  # stage -> (path or CSV:LINE, reason)
+        self.batch_skips: list[tuple[str, str, str]] = []  # (stage, path, reason) dropped from batches
 
     # ---- reading -------------------------------------------------------------------------------
     def load_table(self, stage: str) -> pd.DataFrame:
-        """Caption table of ``stage`` (train/val/test) with unavailable clips removed and counted."""
-        table = self.source.read_stage(stage, self.on_empty_caption)
-        if table.empty:
-            raise DataError(f"the {stage} split of {self.source!r} has no captions.")
+        """Caption table of ``stage`` (train/val/test) with bad rows and unavailable clips removed
+        (or an error, by policy); what was skipped is kept in ``skipped[stage]``."""
+        rules = CaptionRules(self.on_bad_caption, self.max_caption_chars)
+        table = self.source.read_stage(stage, rules)
+        n_rows = len(table) + len(rules.skipped)
+        if len(rules.skipped) > self.max_skipped_fraction * n_rows:
+            raise DataError(
+                f"{len(rules.skipped)} of {n_rows} caption rows of the {stage} split of {self.source!r} are "
+                f"bad, more than max_skipped_fraction={self.max_skipped_fraction:g}; first: "
+                f"{rules.skipped[0][0]}: {rules.skipped[0][1]}. Is it the right file?"
+            )
         table, skipped = drop_unavailable_clips(
             table,
             self.source.splits[stage],
             self.source.max_missing_fraction,
             self.on_bad_audio,
             self.check_audio,
+            self.max_skipped_fraction,
         )
-        self.skipped[stage] = skipped
+        self.skipped[stage] = rules.skipped + skipped
+        if table.empty:
+            raise DataError(f"the {stage} split of {self.source!r} has no captions left.")
         return table
 
     def training_table(self) -> pd.DataFrame:
-        """Training captions, with augmented captions (if configured) appended."""
+        """Training captions, with augmented captions (``augmented_ratio`` of them) appended if configured."""
         table = self.load_table("train")
         if self.augmented_captions:
-            aug = read_augmented(self.augmented_captions, table["file_name"].tolist(), self.on_empty_caption)
+            rules = CaptionRules(self.on_bad_caption, self.max_caption_chars)
+            aug = read_augmented(self.augmented_captions, table["file_name"].tolist(), rules)
+            self.skipped["train"] = self.skipped.get("train", []) + rules.skipped
+            if self.augmented_ratio < 1.0:
+                keep = max(round(self.augmented_ratio * len(aug)), 1)
+                rows = np.sort(np.random.default_rng(self.seed).choice(len(aug), size=keep, replace=False))
+                log.info(
+                    "augmented captions: using %d of %d (augmented_ratio=%g)",
+                    keep,
+                    len(aug),
+                    self.augmented_ratio,
+                )
+                aug = aug.iloc[rows].reset_index(drop=True)
             paths = table.drop_duplicates("file_name").set_index("file_name")["audio_path"]
             aug["audio_path"] = paths.loc[aug["file_name"]].to_numpy()
             table = pd.concat([table, aug], ignore_index=True)
@@ -191,6 +254,29 @@ class RetrievalDataModule(L.LightningDataModule):
             self.eval_set("val")
         elif stage in ("test", "predict"):
             self.eval_set("test")
+
+    # ---- skip report ---------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Record the items a loader dropped from ``batch`` (``batch["skipped"]``) for the skip report."""
+        if isinstance(batch, dict) and batch.get("skipped"):
+            stage = STAGE_OF_RUNNING.get(getattr(self.trainer.state.stage, "value", ""), "train")
+            self.batch_skips.extend((stage, path, reason) for path, reason in batch["skipped"])
+        return batch
+
+    def teardown(self, stage: str) -> None:
+        """At the end of a run: log the skip counts and write ``skipped.csv`` (``lacoat.data.report``)."""
+        if self.trainer is not None:
+            publish(self.skipped, self.batch_skips, self.source.splits, self.trainer, stage)
+
+    def on_exception(self, exception: BaseException) -> None:
+        """A failed run reports what it skipped too (this process's batches only: no collective call)."""
+        fn = getattr(self.trainer.state.fn, "value", "") if self.trainer is not None else ""
+        if not fn:
+            return
+        try:
+            publish(self.skipped, self.batch_skips, self.source.splits, self.trainer, fn, collective=False)
+        except Exception as err:  # never hide the exception that stopped the run
+            log.warning("could not report skipped items: %s", err)
 
     # ---- cached features -----------------------------------------------------------------------
     def use_cached_features(
@@ -262,7 +348,9 @@ class RetrievalDataModule(L.LightningDataModule):
         return pd.factorize(self.train_table["file_name"])[0]
 
     def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        # Stateful: a checkpoint taken mid-epoch records the loader's position (and its workers'),
+        # so `--ckpt_path last` continues with the very next batch.
+        return StatefulDataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -295,6 +383,7 @@ class RetrievalDataModule(L.LightningDataModule):
             self.eval_loader,
             eval_set.clips["file_name"].tolist(),
             features,
+            self.on_bad_audio,
         )
         queries = QueryDataset(texts, features)
         return [

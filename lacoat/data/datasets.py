@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from lacoat.data.audio import AudioWindows, cut_windows, read_audio
@@ -52,7 +53,8 @@ class PairDataset(Dataset):
         table: caption table (``caption``, ``audio_path`` columns).
         clip_index: ``[len(table)]`` clip identity of each row.
         loader: audio reader.
-        on_bad_audio: ``skip`` returns None for an unreadable clip (the batch drops it); ``error`` raises.
+        on_bad_audio: ``skip`` returns a marker ``{"skipped": path, "reason": message}`` for an
+            unreadable clip (``collate`` drops it from the batch and lists it); ``error`` raises.
         seed: seed of the random window choice.
         features: cached encoder outputs to serve instead of audio and/or text (``lacoat extract``).
     """
@@ -87,7 +89,14 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.captions)
 
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
+    def state_dict(self) -> dict[str, Tensor]:
+        """The window-choice generator's state (saved with a stateful loader's position)."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
         cached = self.features
         try:
             if cached is not None and cached.audio is not None:
@@ -96,13 +105,25 @@ class PairDataset(Dataset):
                 windows = self.loader.load(self.paths[i], self._rng())
                 item = {"audio": windows.waveform, "valid_samples": windows.valid_samples}
         except AudioReadError as err:
-            if self.on_bad_audio == "error":
-                raise
-            log.warning("skipped training clip: %s", err)
-            return None
+            return bad_clip(self.paths[i], err, self.on_bad_audio, "training")
         if cached is not None and cached.text is not None:
             item |= cached.text_item(self.captions[i])
-        return item | {"caption": self.captions[i], "clip_index": int(self.clip_index[i])}
+        return item | {
+            "caption": self.captions[i],
+            "clip_index": int(self.clip_index[i]),
+            "audio_path": self.paths[i],
+        }
+
+
+def bad_clip(path: str, err: AudioReadError, policy: Policy, role: str) -> dict[str, str]:
+    """A clip that failed to load while making a batch: the skip marker, or the error with its fix."""
+    if policy == "error":
+        raise AudioReadError(
+            f"{err} (met while loading a {role} batch; set data.on_bad_audio: skip to leave such clips "
+            "out and list them in skipped.csv)"
+        ) from err
+    log.warning("skipped %s clip: %s", role, err)
+    return {"skipped": path, "reason": str(err)}
 
 
 class ClipDataset(Dataset):
@@ -113,6 +134,8 @@ class ClipDataset(Dataset):
         loader: audio reader.
         names: the clips' ``file_name`` (keys of cached features).
         features: cached encoder outputs; when they hold audio, tokens are served instead of audio.
+        on_bad_audio: ``skip`` returns a skip marker for an unreadable clip (see ``PairDataset``);
+            the clip then drops out of the evaluation with its captions; ``error`` raises.
     """
 
     def __init__(
@@ -121,20 +144,27 @@ class ClipDataset(Dataset):
         loader: AudioLoader,
         names: list[str] | None = None,
         features: CachedFeatures | None = None,
+        on_bad_audio: Policy = "error",
     ) -> None:
         self.paths = paths
         self.loader = loader
         self.names = names
+        self.on_bad_audio = on_bad_audio
         self.features = features if features is not None and features.audio is not None else None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        if self.features is not None:
-            return self.features.audio_item(self.names[i], self.loader.max_windows) | {"clip_index": i}
-        windows = self.loader.load(self.paths[i])
-        return {"audio": windows.waveform, "valid_samples": windows.valid_samples, "clip_index": i}
+        try:
+            if self.features is not None:
+                item = self.features.audio_item(self.names[i], self.loader.max_windows)
+            else:
+                windows = self.loader.load(self.paths[i])
+                item = {"audio": windows.waveform, "valid_samples": windows.valid_samples}
+        except AudioReadError as err:
+            return bad_clip(self.paths[i], err, self.on_bad_audio, "evaluation")
+        return item | {"clip_index": i, "audio_path": self.paths[i]}
 
 
 class QueryDataset(Dataset):

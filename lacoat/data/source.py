@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lacoat.data.table import Policy, read_long_captions
+from lacoat.data.table import CaptionRules, Policy, read_long_captions
 from lacoat.errors import DataError
 
 STAGES = ("train", "val", "test")
@@ -29,18 +29,25 @@ class CaptionSource(ABC):
         self.max_missing_fraction = max_missing_fraction
 
     @abstractmethod
-    def read_split(self, split: str, on_empty_caption: Policy) -> pd.DataFrame:
-        """Caption table of ``split``: ``file_name, caption, audio_path, source`` (+ extra columns)."""
+    def read_split(self, split: str, captions: CaptionRules | Policy) -> pd.DataFrame:
+        """Caption table of ``split``: ``file_name, caption, audio_path, source`` (+ extra columns).
 
-    def read_stage(self, stage: str, on_empty_caption: Policy) -> pd.DataFrame:
+        Bad rows follow ``captions`` (see ``lacoat.data.table``): an error naming the line, or dropped
+        and recorded in ``captions.skipped``.
+        """
+
+    def read_stage(self, stage: str, captions: CaptionRules | Policy = "error") -> pd.DataFrame:
         """Caption table of the split used for ``stage`` (``train``, ``val`` or ``test``)."""
         if stage not in self.splits:
             raise DataError(f"{self!r} has no {stage} split; set it in the data source's config.")
-        return self.read_split(self.splits[stage], on_empty_caption)
+        return self.read_split(self.splits[stage], captions)
 
 
 class CaptionCsv(CaptionSource):
     """A user's own library: ``file_name,caption`` CSVs (several rows per clip allowed) and a folder.
+
+    A row identical to an earlier one is bad (its caption would count twice); add a column that tells
+    two annotators' identical captions apart (e.g. an id) to keep both.
 
     Args:
         audio_dir: folder the ``file_name`` column is relative to (sub-folders allowed).
@@ -62,8 +69,8 @@ class CaptionCsv(CaptionSource):
         super().__init__({k: v for k, v in csvs.items() if v}, max_missing_fraction)
         self.audio_dir = audio_dir
 
-    def read_split(self, split: str, on_empty_caption: Policy) -> pd.DataFrame:
-        table = read_long_captions(split, on_empty_caption)
+    def read_split(self, split: str, captions: CaptionRules | Policy) -> pd.DataFrame:
+        table = read_long_captions(split, captions, drop_repeats=True)
         table["audio_path"] = [str(Path(self.audio_dir) / name) for name in table["file_name"]]
         table["source"] = "original"
         return table

@@ -58,6 +58,20 @@ class MultiHeadAttention(nn.Module):
         )  # [B, H, Lx, Dh]
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
+    def weights(self, x: Tensor, y: Tensor | None, y_mask: Tensor, kv: KeyValue | None = None) -> Tensor:
+        """The attention weights ``forward`` applies, ``softmax(QKᵀ/√Dh)`` over valid keys (no dropout).
+
+        For inspection (``lacoat explain``); ``forward`` never forms them (SDPA fuses the product).
+
+        Shape:
+            x: ``[B, Lx, D]``; y: ``[B, Ly, D]`` or None when ``kv`` is given; y_mask: ``[B, Ly]`` bool;
+            returns ``[B, H, Lx, Ly]``.
+        """
+        k, _ = kv if kv is not None else self.project_kv(y)
+        q = self._split(self.q_proj(x))  # [B, H, Lx, Dh]
+        logits = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # [B, H, Lx, Ly]
+        return logits.masked_fill(~y_mask[:, None, None, :], float("-inf")).softmax(-1)
+
 
 class FeedForward(nn.Module):
     """Position-wise MLP: Linear(D, 4D) → ReLU → Dropout → Linear(4D, D)."""

@@ -10,7 +10,6 @@ bi-encoder shortlist ``rerank_k`` clips and re-scores them with the co-attention
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from torch import Tensor
 from lacoat.data.collate import collate
 from lacoat.data.datasets import AudioLoader
 from lacoat.errors import AudioReadError, LacoatError
+from lacoat.io import atomic_torch_save
 from lacoat.models.encoders.base import file_fingerprint
 from lacoat.models.matcher import Tokens
 
@@ -128,9 +128,7 @@ def build_index(checkpoint: str, audio_dir: str, out: str, batch_size: int = 8) 
         "audio_dir": str(folder.resolve()),
         "entries": entries,
     }
-    tmp = Path(f"{out}.part")
-    torch.save(index, tmp)
-    os.replace(tmp, out)
+    atomic_torch_save(index, out)
     return {
         "encoded": len(todo) - skipped,
         "kept": len(names) - len(todo),

@@ -96,5 +96,10 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
     configs = ["demo.yaml"] + ([f"demo_variants/{variant}"] if variant else [])
     model, data = build(tmp_path, configs, f"data:\n  source:\n    init_args: {{root: {synthcaps}}}\n")
     assert model.matcher.audio_encoder.sample_rate == data.train_loader.sample_rate == 16000
-    expected = {None: IteratingCascade, "single.yaml": SingleCascade, "stack.yaml": StackingCascade}
+    expected = {
+        None: IteratingCascade,
+        "single.yaml": SingleCascade,
+        "stack.yaml": StackingCascade,
+        "augmented.yaml": IteratingCascade,
+    }
     assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))

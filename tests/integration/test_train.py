@@ -87,6 +87,11 @@ def test_fit_then_test_finds_best_checkpoint_and_writes_metrics(tmp_path, synthc
     assert all(0.0 <= v <= 1.0 for v in report["metrics"].values())
     assert "test/t2a_mAP@10" in out
 
+    # settings of this command win over the checkpoint's hyperparameters (Lightning applies those)
+    main(["test", "--config", str(config), "--ckpt_path", str(best[0]), "--model.eval_mode", "exhaustive"])
+    report = json.loads((best[0].parent / "test_metrics_exhaustive.json").read_text())
+    assert report["eval_mode"] == "exhaustive" and report["rerank_k"] is None
+
     main(["predict", "--config", str(config)])
     rankings = pd.read_csv(best[0].parent / "predictions.csv", keep_default_na=False)
     assert list(rankings.columns) == ["query", "rank", "file_name", "score"]

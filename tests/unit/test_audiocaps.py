@@ -5,6 +5,7 @@ import soundfile as sf
 
 from lacoat.data.audiocaps import AudioCaps, read_audiocaps_split
 from lacoat.data.datamodule import RetrievalDataModule
+from lacoat.data.table import CaptionRules
 from lacoat.errors import DataError
 
 PATTERN = "{split}_audio/Y{youtube_id}_{start_time}_{end_time}.wav"
@@ -77,5 +78,29 @@ def test_aac_datasets_layout(tmp_path):
 
 def test_bad_start_time(tmp_path):
     (tmp_path / "val.csv").write_text("audiocap_id,youtube_id,start_time,caption\n1,abc,x,a dog\n")
-    with pytest.raises(DataError, match="line 2: start_time 'x' is not a number"):
+    with pytest.raises(
+        DataError, match=r"first on line 2 \(file_name 'val/abc_x.wav'\): start_time 'x' is not"
+    ):
         read_audiocaps_split(tmp_path, "val", None)
+    (tmp_path / "val.csv").write_text(
+        "audiocap_id,youtube_id,start_time,caption\n1,abc,x,a dog\n2,abc,30,a cat\n"
+    )
+    rules = CaptionRules("skip")
+    table = read_audiocaps_split(tmp_path, "val", None, rules)
+    assert table["caption"].tolist() == ["a cat"] and rules.skipped[0][0] == f"{tmp_path / 'val.csv'}:2"
+
+
+def test_real_identical_captions_of_a_clip_are_kept(shared_data):
+    # AudioCaps has rows with the same clip and caption but their own audiocap_id; evaluations count both
+    raw = pd.read_csv(shared_data / "audiocaps" / "test.csv", dtype=str)
+    assert raw.duplicated(["youtube_id", "start_time", "caption"]).sum() == 118
+    table = read_audiocaps_split(shared_data / "audiocaps", "test", None, "error")
+    assert len(table) == len(raw)
+
+
+def test_repeated_row_is_bad(tmp_path):
+    rows = "1,abc,30,a dog\n2,abc,30,a dog\n1,abc,30,a dog\n"
+    (tmp_path / "val.csv").write_text("audiocap_id,youtube_id,start_time,caption\n" + rows)
+    with pytest.raises(DataError, match="first on line 4 .*repeats line 2"):
+        read_audiocaps_split(tmp_path, "val", None)
+    assert read_audiocaps_split(tmp_path, "val", None, "skip")["audiocap_id"].tolist() == ["1", "2"]

@@ -156,7 +156,9 @@ def test_empty_caption_error_names_row(synthcaps, tmp_path):
     df.to_csv(csv, index=False)
     with pytest.raises(DataError, match="first on line 6"):
         make_dm(root).eval_set("val")
-    assert len(make_dm(root, on_empty_caption="skip").eval_set("val").queries) == 49
+    dm = make_dm(root, on_bad_caption="skip")
+    assert len(dm.eval_set("val").queries) == 49
+    assert [where for where, _ in dm.skipped["val"]] == [f"{csv}:6"]
 
 
 def test_missing_split_for_own_data(tmp_path):

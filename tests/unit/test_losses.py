@@ -226,3 +226,19 @@ def test_hardest_negatives_too_few_raises():
         hardest_negatives(torch.rand(4, 4), clips, clips, m=0)
     with pytest.raises(ValueError, match="clip ids must have shapes"):
         hardest_negatives(torch.rand(4, 4), clips, clips[:3], m=1)
+
+
+def test_sharded_contrastive_averages_to_the_global_batch_loss():
+    """Two ranks of 3, each scoring its rows against all 6 (DDP with gathered negatives), average to
+    the loss of the 6-item batch, same-clip masking included."""
+    torch.manual_seed(0)
+    loss = NTXentLoss(temperature=0.1)
+    sim = torch.randn(6, 6)
+    clips = torch.tensor([0, 0, 1, 2, 2, 3])
+    shards = [
+        loss.sharded_contrastive(
+            sim[r : r + 3], sim[:, r : r + 3].T, clips[r : r + 3], clips[r : r + 3], clips, clips, r
+        )
+        for r in (0, 3)
+    ]
+    torch.testing.assert_close((shards[0] + shards[1]) / 2, loss.contrastive(sim, clips, clips))

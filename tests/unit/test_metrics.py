@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMAP
 
-from lacoat.metrics import RetrievalMetrics, directional_metrics, metric_names, retrieval_metrics
+from lacoat.metrics import directional_metrics, metric_names, retrieval_metrics
 
 
 def ranked_rows(n_items: int, relevant_ranks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,85 +172,3 @@ def test_directional_names_and_transpose() -> None:
         assert out[f"val/t2a_{name}"] == t2a[name].item()
     multi = retrieval_metrics(multi_sim, data["multi_relevance"], ks=(), map_k=16)
     assert out["val/t2a_mAP@16_multi"] == multi["mAP@16"].item()
-
-
-@pytest.mark.parametrize("custom_rows", [False, True])
-def test_metric_gathers_shuffled_padded_rows(custom_rows: bool) -> None:
-    data = clotho_like(1)
-    sim = data["sim"]  # [Q, n_audio]
-    n_queries = sim.shape[0]
-    n_text = data["relevance"].shape[0]
-    multi_rows = data["multi_rows"] if custom_rows else torch.arange(n_text, n_queries)
-    text_rows = torch.tensor([q for q in range(n_queries) if q not in set(multi_rows.tolist())])
-    expected = directional_metrics(
-        sim[text_rows], data["relevance"], "val", multi=(sim[multi_rows], data["multi_relevance"])
-    )
-
-    def make() -> RetrievalMetrics:
-        return RetrievalMetrics(
-            data["relevance"],
-            "val",
-            multi_relevance=data["multi_relevance"],
-            multi_query_rows=multi_rows if custom_rows else None,
-        )
-
-    # Two "ranks", shuffled order, chunks of 7, padded with duplicates of the first rows.
-    order = torch.randperm(n_queries, generator=torch.Generator().manual_seed(3))
-    order = torch.cat([order, order[:3]])
-    ranks = [make(), make()]
-    for i, chunk in enumerate(order.split(7)):
-        ranks[i % 2].update(sim[chunk], chunk)
-    ranks[0].merge_state(ranks[1])
-    assert ranks[0].compute() == expected
-
-    single = make()
-    assert single(sim, torch.arange(n_queries)) is None  # forward only updates
-    assert single.compute() == expected
-
-
-@pytest.mark.filterwarnings("ignore:The ``compute`` method")
-def test_metric_without_multi() -> None:
-    data = clotho_like(2)
-    n_text = data["relevance"].shape[0]
-    sim = data["sim"][:n_text]
-    metric = RetrievalMetrics(data["relevance"], "test")
-    metric.update(sim.flip(0), torch.arange(n_text).flip(0))
-    out = metric.compute()
-    assert set(out) == set(metric_names("test"))
-    assert out == directional_metrics(sim, data["relevance"], "test")
-    metric.reset()
-    with pytest.raises(ValueError, match="update was never called"):
-        metric.compute()
-
-
-def test_metric_missing_or_bad_query_raises() -> None:
-    data = clotho_like(3)
-    sim = data["sim"]
-    n_queries = sim.shape[0]
-    metric = RetrievalMetrics(data["relevance"], "val", multi_relevance=data["multi_relevance"])
-    keep = torch.arange(n_queries) != 4
-    metric.update(sim[keep], torch.arange(n_queries)[keep])
-    metric.update(sim[:2], torch.arange(2))  # duplicates do not hide the gap
-    with pytest.raises(ValueError, match=r"1 of 46 queries have no scores, e\.g\. query indices \[4\]"):
-        metric.compute()
-
-    metric = RetrievalMetrics(data["relevance"], "val", multi_relevance=data["multi_relevance"])
-    metric.update(sim, torch.arange(n_queries) + 1)
-    with pytest.raises(ValueError, match="outside"):
-        metric.compute()
-    with pytest.raises(ValueError, match="all clips"):
-        metric.update(sim[:, :3], torch.arange(n_queries))
-    with pytest.raises(ValueError, match="one per score row"):
-        metric.update(sim, torch.arange(3))
-
-
-def test_metric_constructor_checks() -> None:
-    relevance = torch.eye(4, dtype=torch.bool)
-    with pytest.raises(ValueError, match="1 clips have no relevant item"):
-        RetrievalMetrics(torch.eye(3, 4, dtype=torch.bool), "val")  # clip 3 has no caption
-    with pytest.raises(ValueError, match="multi_query_rows"):
-        RetrievalMetrics(
-            relevance, "val", multi_relevance=relevance[:2], multi_query_rows=torch.tensor([0, 9])
-        )
-    with pytest.raises(ValueError, match="without multi_relevance"):
-        RetrievalMetrics(relevance, "val", multi_query_rows=torch.tensor([0]))

@@ -1,6 +1,13 @@
 import pytest
 
-from lacoat.data.table import read_csv_strict, read_long_captions, read_multi_positive, wide_to_long
+from lacoat.data.table import (
+    CaptionRules,
+    read_csv_strict,
+    read_long_captions,
+    read_multi_positive,
+    record_lines,
+    wide_to_long,
+)
 from lacoat.errors import DataError
 
 
@@ -58,3 +65,21 @@ def test_multi_positive_parse_and_errors(tmp_path):
     path.write_text("query,audio_filenames\nrain,\"['a.wav'\"\n")
     with pytest.raises(DataError, match="line 2: audio_filenames is not a list literal"):
         read_multi_positive(path)
+
+
+def test_first_row_longer_than_header_is_not_taken_as_an_index(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("file_name,caption\na.wav,a dog barks, then stops\nb.wav,rain\n")
+    # plain pandas would make a.wav the index and shift every column of this row
+    with pytest.raises(DataError, match="c.csv' line 2 has more fields than the header.*must be quoted"):
+        read_long_captions(path, "error")
+
+
+def test_line_numbers_follow_blank_lines_and_multiline_fields(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('file_name,caption\na.wav,one\n\n   \nb.wav,"two\nlines"\nc.wav,\n')
+    assert record_lines(path, 3).tolist() == [2, 5, 7]
+    rules = CaptionRules("skip")
+    assert read_long_captions(path, rules)["file_name"].tolist() == ["a.wav"]
+    assert [where for where, _ in rules.skipped] == [f"{path}:5", f"{path}:7"]
+    assert "line break" in rules.skipped[0][1] and "caption is empty" in rules.skipped[1][1]

@@ -1,0 +1,113 @@
+"""Resuming killed runs: frequent ``last.ckpt``, SIGTERM handling, random states, the W&B run id.
+
+``lacoat fit … --ckpt_path last`` continues the latest run under ``default_root_dir``: the same
+checkpoint folder, the same logger version (CSV/TensorBoard) or W&B run (its id is kept beside the
+checkpoints), and — with the DataModule's stateful loaders and the random states saved here — the same
+batches and dropout masks as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+
+from lacoat.errors import LacoatError
+
+log = logging.getLogger(__name__)
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def latest_run_with_last(root: str | Path) -> Path:
+    """The checkpoint folder of the most recent run under ``root/checkpoints/`` that has ``last.ckpt``.
+
+    Raises:
+        LacoatError: there is none (a resume was asked for, so starting afresh would be wrong).
+    """
+    candidates = sorted(Path(root, "checkpoints").glob("*/last.ckpt"), key=os.path.getmtime)
+    if not candidates:
+        raise LacoatError(
+            f"--ckpt_path last: no last.ckpt under '{Path(root, 'checkpoints')}/', so there is no run to resume. "
+            "Check trainer.default_root_dir, pass --ckpt_path FILE, or leave --ckpt_path out to start a new run."
+        )
+    return candidates[-1].parent
+
+
+def rng_states() -> dict[str, Any]:
+    """The random states training consumes (Python, NumPy, torch CPU and CUDA), as tensors and plain
+    Python values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    """Restore what ``rng_states`` returned."""
+    random.setstate(states["python"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class ResumeCheckpoint(L.Callback):
+    """Keeps ``last.ckpt`` fresh enough to lose little when a run is killed.
+
+    Writes ``last.ckpt`` into the checkpoint folder every ``every_n_steps`` training steps and at once
+    when the process receives SIGTERM (Lightning then stops after the current step); stores the random
+    states in every checkpoint and restores them on resume; records the W&B run id beside the
+    checkpoints so that a resumed run appends to the same W&B run.
+
+    Args:
+        every_n_steps: training steps between two ``last.ckpt`` writes (0: only on SIGTERM).
+    """
+
+    def __init__(self, every_n_steps: int = 200) -> None:
+        self.every_n_steps = every_n_steps
+
+    @staticmethod
+    def _folder(trainer: L.Trainer) -> Path | None:
+        callback = trainer.checkpoint_callback
+        return Path(callback.dirpath) if callback is not None and callback.dirpath else None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        folder = self._folder(trainer)
+        if folder is None or not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if type(logger).__name__ == "WandbLogger":
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / WANDB_ID_FILE).write_text(logger.experiment.id)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        folder = self._folder(trainer)
+        if folder is None:
+            return
+        step = trainer.global_step
+        if trainer.received_sigterm or (self.every_n_steps and step % self.every_n_steps == 0):
+            trainer.save_checkpoint(folder / "last.ckpt")
+            if trainer.received_sigterm:
+                log.warning(
+                    "SIGTERM: saved %s at step %d; resume with --ckpt_path last", folder / "last.ckpt", step
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "rng" in state_dict:
+            set_rng_states(state_dict["rng"])

@@ -1,0 +1,134 @@
+"""A killed ``lacoat fit`` resumed with ``--ckpt_path last`` ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lacoat.cli import main
+from tests.conftest import REPO
+from tests.integration.test_train import write_config
+
+STEPS = ["--trainer.max_steps", "16", "--trainer.val_check_interval", "8", "--resume.every_n_steps", "2"]
+
+
+def fit_command(config: Path, root: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "lacoat",
+        "fit",
+        "--config",
+        str(config),
+        "--trainer.default_root_dir",
+        str(root),
+        *STEPS,
+        *extra,
+    ]
+
+
+def saved_step(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def kill_midway(
+    config: Path, root: Path, sig: signal.Signals, after_step: int, *extra: str
+) -> tuple[int, int]:
+    """Start a fit, send ``sig`` once a last.ckpt of at least ``after_step`` exists.
+
+    Returns:
+        The step of the last.ckpt left behind and the process's exit status.
+    """
+    proc = subprocess.Popen(
+        fit_command(config, root, *extra),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        found = list(root.glob("checkpoints/*/last.ckpt"))
+        try:
+            if found and saved_step(found[0]) >= after_step:
+                break
+        except Exception:  # being replaced right now: look again
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()[-2000:]
+    proc.send_signal(sig)
+    proc.wait(timeout=120)
+    return saved_step(next(root.glob("checkpoints/*/last.ckpt"))), proc.returncode
+
+
+def final_state(root: Path) -> dict[str, torch.Tensor]:
+    return torch.load(next(root.glob("checkpoints/*/last.ckpt")), map_location="cpu", weights_only=False)
+
+
+def assert_same_end(a: Path, b: Path) -> None:
+    left, right = final_state(a), final_state(b)
+    assert left["global_step"] == right["global_step"] == 16
+    for name, tensor in left["state_dict"].items():
+        torch.testing.assert_close(right["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
+    ma, mb = (
+        json.loads(next(r.glob("checkpoints/*/test_metrics_rerank.json")).read_text())["metrics"]
+        for r in (a, b)
+    )
+    assert ma.keys() == mb.keys()
+    for name in ma:
+        assert mb[name] == pytest.approx(ma[name], abs=1e-6), name
+
+
+def evaluate_last(config: Path, root: Path) -> None:
+    last = next(root.glob("checkpoints/*/last.ckpt"))
+    main(["test", "--config", str(config), "--trainer.default_root_dir", str(root), "--ckpt_path", str(last)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_fit_resumes_to_the_same_end(tmp_path, synthcaps, sig):
+    config = write_config(tmp_path, synthcaps)
+    subprocess.run(fit_command(config, tmp_path / "whole"), cwd=REPO, check=True, capture_output=True)
+
+    cut = tmp_path / "cut"
+    step, status = kill_midway(config, cut, sig, after_step=5)
+    assert 5 <= step < 16
+    if sig == signal.SIGTERM:  # handled: Lightning stops after the current step, last.ckpt is saved for it
+        assert status == 0, status
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(cut),
+            *STEPS,
+            "--ckpt_path",
+            "last",
+        ]
+    )
+    assert len(list(cut.glob("checkpoints/*"))) == 1, "the resumed run must continue in the same folder"
+    assert not list(cut.glob("checkpoints/*/last-v*.ckpt")), "one last.ckpt, not versioned copies"
+
+    for root in (tmp_path / "whole", cut):
+        evaluate_last(config, root)
+    assert_same_end(tmp_path / "whole", cut)
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path, synthcaps, capsys):
+    config = write_config(tmp_path, synthcaps)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    assert "no last.ckpt under" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(config), "--ckpt_path", str(tmp_path / "missing.ckpt")])
+    assert "checkpoint to resume from not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "checkpoints").exists(), "nothing may start training"

@@ -10,6 +10,7 @@ bi-encoder shortlist ``rerank_k`` clips and re-scores them with the co-attention
 from __future__ import annotations
 
 import logging
+from argparse import ArgumentError
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def load_model(checkpoint: str | Path):
         raise LacoatError(f"checkpoint not found: '{path}'. Pass a .ckpt file written by `lacoat fit`.")
     try:
         model = LacoatModule.load_from_checkpoint(str(path), map_location="cpu")
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, ArgumentError) as err:  # jsonargparse: hparams incomplete
         raise LacoatError(
             f"cannot rebuild the model from '{path}': {err}. Was it written by `lacoat fit`?"
         ) from err

@@ -154,6 +154,7 @@ def test_wandb_runs_offline_without_credentials(tmp_path, synthcaps, monkeypatch
     import wandb
 
     wandb.finish()  # `lacoat fit` finishes the run at exit; in-process, finish it here
+    wandb.teardown()  # offline, finish() can return before the run file is complete
     runs = list((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1
     recorded = read_wandb_run(runs[0])

@@ -14,16 +14,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from lacoat.data.collate import collate
 from lacoat.data.datamodule import RetrievalDataModule
-from lacoat.data.datasets import AudioLoader
+from lacoat.data.datasets import AudioLoader, ClipDataset
 from lacoat.data.features import (
     CacheSpec,
     audio_spec,
@@ -35,7 +34,7 @@ from lacoat.data.features import (
     text_spec,
     write_manifest,
 )
-from lacoat.errors import AudioReadError, DataError
+from lacoat.errors import DataError
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -56,54 +55,23 @@ class SplitReport:
     seconds: float = 0.0
 
 
-class _ClipReader(Dataset):
-    """Every window of each clip, or a marker naming the clip when it cannot be read."""
-
-    def __init__(self, paths: list[str], loader: AudioLoader) -> None:
-        self.paths, self.loader = paths, loader
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        try:
-            windows = self.loader.load(self.paths[i])
-        except AudioReadError as err:
-            return {"error": str(err), "position": i}
-        return {"audio": windows.waveform, "valid_samples": windows.valid_samples, "position": i}
-
-
-def _collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
-    errors = {item["position"]: item["error"] for item in items if "error" in item}
-    good = [item for item in items if "error" not in item]
-    batch = collate(good) if good else {}
-    batch["positions"] = [item["position"] for item in good]
-    batch["errors"] = errors
-    return batch
-
-
 def audio_batches(
     encoder: AudioEncoder, loader: AudioLoader, batch_size: int, num_workers: int, device: torch.device
 ) -> Callable[[list[str]], Iterator[dict[int, Encoded | str]]]:
     """A function encoding clip paths in batches; yields ``{position: (tokens, mask) | error}``."""
 
     def run(paths: list[str]) -> Iterator[dict[int, Encoded | str]]:
-        reader = DataLoader(
-            _ClipReader(paths, loader),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_collate_clips,
-        )
+        clips = ClipDataset(paths, loader, on_bad_audio="skip")  # unreadable clips come back as markers
+        reader = DataLoader(clips, batch_size=batch_size, num_workers=num_workers, collate_fn=collate)
+        position = {path: i for i, path in enumerate(paths)}
         t = encoder.tokens_per_window
         for batch in reader:
-            out: dict[int, Encoded | str] = dict(batch["errors"])
-            if batch["positions"]:
+            out: dict[int, Encoded | str] = {position[path]: reason for path, reason in batch["skipped"]}
+            if "clip_index" in batch:
                 valid = batch["audio_valid"]
                 with torch.inference_mode():
-                    tokens, mask = encoder(
-                        batch["audio"].to(device), valid.to(device)
-                    )  # [B, W*T, D], [B, W*T]
-                for row, pos in enumerate(batch["positions"]):
+                    tokens, mask = encoder(batch["audio"].to(device), valid.to(device))  # [B, W*T, D]
+                for row, pos in enumerate(batch["clip_index"].tolist()):
                     length = int((valid[row] > 0).sum()) * t  # the clip's own windows
                     out[pos] = (tokens[row, :length].cpu(), mask[row, :length].cpu())
             yield out

@@ -88,6 +88,18 @@ def read_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
+def window_run(
+    n_windows: int, max_windows: int | None, rng: np.random.Generator | None = None
+) -> tuple[int, int]:
+    """``(first, count)`` of the windows kept from ``n_windows``: all, the first ``max_windows``
+    (evaluation), or a random run of them drawn with ``rng`` (training). ``cut_windows`` makes this
+    choice on audio, the feature cache on cached tokens, so both agree."""
+    if max_windows is None or n_windows <= max_windows:
+        return 0, n_windows
+    first = 0 if rng is None else int(rng.integers(0, n_windows - max_windows + 1))
+    return first, max_windows
+
+
 def cut_windows(
     wave: np.ndarray,
     window_samples: int,
@@ -116,10 +128,7 @@ def cut_windows(
     last_len = total - (n_windows - 1) * window_samples
     if n_windows > 1 and last_len < min_last_window * window_samples:
         n_windows -= 1
-    first = 0
-    if max_windows is not None and n_windows > max_windows:
-        first = 0 if rng is None else int(rng.integers(0, n_windows - max_windows + 1))
-        n_windows = max_windows
+    first, n_windows = window_run(n_windows, max_windows, rng)
     padded = np.zeros(((first + n_windows) * window_samples,), dtype=np.float32)
     kept = wave[: len(padded)]
     padded[: len(kept)] = kept

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lacoat.data.audio import window_run
 from lacoat.errors import AudioReadError, DataError
 from lacoat.io import atomic_torch_save, atomic_write
 
@@ -228,16 +229,6 @@ def audio_spec(
 def text_spec(root: str | Path, encoder) -> CacheSpec:
     """``CacheSpec`` of a text encoder."""
     return CacheSpec(Path(root), "text", encoder.identity(), {})
-
-
-def window_run(n_windows: int, max_windows: int | None, rng=None) -> tuple[int, int]:
-    """``(first, count)`` of the windows kept from ``n_windows``: all, the first ``max_windows``
-    (evaluation), or a random run of them drawn with ``rng`` (training) — the choice ``cut_windows``
-    makes on audio."""
-    if max_windows is None or n_windows <= max_windows:
-        return 0, n_windows
-    first = 0 if rng is None else int(rng.integers(0, n_windows - max_windows + 1))
-    return first, max_windows
 
 
 @dataclass

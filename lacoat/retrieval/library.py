@@ -19,6 +19,7 @@ from torch import Tensor
 
 from lacoat.data.collate import collate
 from lacoat.data.datasets import AudioLoader
+from lacoat.data.features import file_stat
 from lacoat.errors import AudioReadError, LacoatError
 from lacoat.io import atomic_torch_save
 from lacoat.models.encoders.base import file_fingerprint
@@ -65,11 +66,6 @@ def audio_files(folder: Path) -> list[str]:
     )
 
 
-def _stat(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
 def read_index(path: str | Path) -> dict:
     """Load an index file, with a clear error for a missing or unreadable one."""
     path = Path(path)
@@ -109,7 +105,7 @@ def build_index(checkpoint: str, audio_dir: str, out: str, batch_size: int = 8) 
     names = audio_files(folder)
     entries, todo = [], []
     for name in names:
-        size, mtime = _stat(folder / name)
+        size, mtime = file_stat(folder / name)
         entry = old.get(name)
         if entry is not None and (entry["size"], entry["mtime_ns"]) == (size, mtime):
             entries.append(entry)
@@ -159,7 +155,7 @@ def _encode(model, folder: Path, names: list[str]) -> tuple[list[dict], int]:
     emb = model.matcher.embed_audio(feats)
     out = []
     for i, name in enumerate(kept):
-        size, mtime = _stat(folder / name)
+        size, mtime = file_stat(folder / name)
         mask = feats.mask[i]
         out.append(
             {

@@ -255,3 +255,22 @@ def test_fit_and_test_read_the_cache(tmp_path, synthcaps, text_model, caplog):
     assert caplog.text.count("using cached audio features") >= 2
     assert caplog.text.count("using cached text features") >= 2
     assert list((tmp_path / "run").rglob("test_metrics_rerank.json"))
+
+
+def test_unreadable_clip_is_listed_not_cached(tmp_path, synthcaps, text_model):
+    import shutil
+
+    data_root = tmp_path / "data"
+    shutil.copytree(synthcaps, data_root)
+    config = write_config(tmp_path, data_root, tmp_path / "cache", text_model)
+    model, data = build(config)
+    data.check_audio = False  # let the broken file reach extraction (a decode error, not a header one)
+    from lacoat.extract import extract
+
+    bad = sorted((data_root / "evaluation").iterdir())[1]
+    bad.write_bytes(b"RIFF" + b"\0" * 40)
+    with pytest.raises(DataError, match=f"{bad.name}.*data.on_bad_audio: skip"):  # default: error
+        extract(data, model.matcher.audio_encoder, None, ["test"], shard_size=4)
+    data.on_bad_audio = "skip"
+    report = extract(data, model.matcher.audio_encoder, None, ["test"], shard_size=4)[0]
+    assert list(report.skipped) == [bad.name] and report.encoded == report.items - 1

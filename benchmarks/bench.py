@@ -122,7 +122,7 @@ def clotho_size(n_text: int = 5225, n_audio: int = 1045, measured_queries: int =
         shortlist.scatter_(1, bi.topk(k, dim=1).indices, True)
         shortlist.scatter_(0, bi.topk(k, dim=0).indices, True)
         start = time.perf_counter()
-        matcher.rerank_matrix(text, audio, k)
+        matcher.rerank_scores(text, audio, k)
         out[f"rerank_k{k}"] = {
             "pair_passes": int(shortlist.sum()),
             "seconds": round(time.perf_counter() - start, 1),

@@ -10,7 +10,7 @@ Which way the map reads depends on the cascade:
 
 * iterating, text leads (the default): audio tokens attend to the final text states, so each time
   step's column is a distribution over the query's tokens (a word split into pieces gets their sum);
-* iterating with audio leading, stacking and single (``ga_text``): each token attends to the audio,
+* iterating with audio leading, stacking and single (``layers[l].text``): each token attends to the audio,
   so each word's row is a distribution over time (a word split into pieces gets their mean).
 """
 
@@ -73,7 +73,7 @@ class AttentionMap:
 def guided_attention_unit(cascade: Cascade, layer: int = -1) -> tuple[str, MultiHeadAttention, bool]:
     """The ``cross`` unit of GA layer ``layer`` whose map relates words and audio time.
 
-    Iterating cascades: ``decoder[layer].cross``; stacking and single: ``layers[layer].ga_text.cross``
+    Iterating cascades: ``decoder[layer].cross``; stacking and single: ``layers[layer].text.cross``
     (text guided by audio).
 
     Returns:
@@ -93,8 +93,8 @@ def guided_attention_unit(cascade: Cascade, layer: int = -1) -> tuple[str, Multi
         )
     elif isinstance(cascade, StackingCascade):
         units, path, text_is_query = (
-            [lyr.ga_text.cross for lyr in cascade.layers],
-            "layers.{}.ga_text.cross",
+            [lyr.text.cross for lyr in cascade.layers],
+            "layers.{}.text.cross",
             True,
         )
     else:

@@ -41,6 +41,7 @@ MONITOR = "val/t2a_mAP@10"
 EVAL_SETTINGS = (
     "eval_mode",
     "rerank_k",
+    "fusion_alpha",
     "eval_text_block",
     "predict_top_k",
 )  # per command, not per checkpoint
@@ -221,6 +222,7 @@ class LacoatCLI(LightningCLI):
             "checkpoint": self.config_init["test"].get("ckpt_path"),
             "eval_mode": mode,
             "rerank_k": self.model.rerank_k if mode == "rerank" else None,
+            "fusion_alpha": self.model.fusion_alpha,
             "metrics": results,
         }
         path.write_text(json.dumps(payload, indent=2))

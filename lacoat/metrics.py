@@ -147,10 +147,12 @@ def directional_metrics(
     relevance: Tensor,
     prefix: str,
     multi: tuple[Tensor, Tensor] | None = None,
+    a2t_sim: Tensor | None = None,
 ) -> dict[str, float]:
     """Text→audio and audio→text ``mAP@10``, ``R@1/5/10`` (and multi-positive ``mAP@16``) by logged name.
 
-    Audio→text is computed on ``sim.T`` and ``relevance.T``: a clip's relevant items are its captions.
+    Audio→text is computed on ``sim.T`` (or ``a2t_sim.T``) and ``relevance.T``: a clip's relevant
+    items are its captions.
 
     Args:
         sim: Text-major score matrix, captions × clips.
@@ -158,6 +160,8 @@ def directional_metrics(
         prefix: Stage prefix of the names, e.g. ``"val"`` gives ``"val/t2a_mAP@10"``.
         multi: Optional ``(multi_sim, multi_relevance)`` of multi-positive text queries (DCASE 2025)
             against the same clips; gives ``f"{prefix}/t2a_mAP@16_multi"``.
+        a2t_sim: Scores to rank audio→text with, same layout as ``sim``, when they differ from the
+            text→audio ones (two-stage retrieval shortlists each direction on its own).
 
     Returns:
         ``{name: value}`` with the names of ``metric_names(prefix, multi is not None)``.
@@ -168,7 +172,8 @@ def directional_metrics(
         - multi: ``([n_multi, n_audio], [n_multi, n_audio])``
     """
     out: dict[str, float] = {}
-    for direction, s, r in (("t2a", sim, relevance), ("a2t", sim.T, relevance.T)):
+    a2t_sim = sim if a2t_sim is None else a2t_sim
+    for direction, s, r in (("t2a", sim, relevance), ("a2t", a2t_sim.T, relevance.T)):
         values = retrieval_metrics(s, r, RECALL_KS, MAP_K)
         out[f"{prefix}/{direction}_mAP@{MAP_K}"] = values[f"mAP@{MAP_K}"].item()
         for k in RECALL_KS:
@@ -182,4 +187,37 @@ def directional_metrics(
             )
         values = retrieval_metrics(multi_sim, multi_relevance, (), MULTI_MAP_K)
         out[f"{prefix}/t2a_mAP@{MULTI_MAP_K}_multi"] = values[f"mAP@{MULTI_MAP_K}"].item()
+    return out
+
+
+def twin_win_rates(own: Tensor, twin: Tensor, changes: Sequence[str], prefix: str) -> dict[str, float]:
+    """How often a caption's own clip outscores its twin, per kind of change and over all.
+
+    A tie counts as a loss (the pessimistic rule of the rankings above).
+
+    Args:
+        own: score of each compared caption with its own clip.
+        twin: score of the same caption with the twin clip.
+        changes: what each twin changes (``order``, ``count``, ``pitch``).
+        prefix: stage prefix, e.g. ``"test"`` gives ``"test/twin_order"``.
+
+    Returns:
+        ``{f"{prefix}/twin_{change}": rate}`` for each change present, and ``f"{prefix}/twin_all"``;
+        empty when there is nothing to compare.
+
+    Shape:
+        - own, twin: ``[C]``; changes: ``C`` strings
+    """
+    if own.shape != twin.shape or own.dim() != 1 or len(changes) != own.shape[0]:
+        raise ValueError(
+            f"own and twin must be [C] with C changes, got {tuple(own.shape)}, {tuple(twin.shape)}, {len(changes)}"
+        )
+    wins = (own.float() > twin.float()).cpu()
+    kinds = list(changes)
+    out = {}
+    for change in dict.fromkeys(kinds):
+        mask = torch.tensor([k == change for k in kinds])
+        out[f"{prefix}/twin_{change}"] = wins[mask].float().mean().item()
+    if kinds:
+        out[f"{prefix}/twin_all"] = wins.float().mean().item()
     return out

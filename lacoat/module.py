@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -23,10 +24,25 @@ from torch import Tensor
 from lacoat.distributed import gather_tokens, unique_rows
 from lacoat.errors import LacoatError, NumericalError
 from lacoat.losses import NTXentLoss, hardest_negatives
-from lacoat.metrics import directional_metrics
+from lacoat.metrics import directional_metrics, twin_win_rates
 from lacoat.models.matcher import AudioTextMatcher, Tokens
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalScores:
+    """Scores of an evaluation: ``t2a`` and ``a2t`` rankings and the bi-encoder's ``bi`` (each
+    ``[q, n]``, text-major; the two rankings are one matrix in exhaustive mode), the split's query and
+    clip indices of the rows and columns, and the scored ``text`` and ``audio`` tokens."""
+
+    t2a: Tensor
+    a2t: Tensor
+    bi: Tensor
+    query_index: Tensor
+    clip_index: Tensor
+    text: Tokens
+    audio: Tokens
 
 
 class LacoatModule(L.LightningModule):
@@ -48,8 +64,11 @@ class LacoatModule(L.LightningModule):
         warmup_steps: linear warm-up steps, then cosine decay to zero at the last step.
         eval_mode: ``exhaustive`` scores every (query, clip) pair with the cascade; ``rerank`` lets the
             bi-encoder shortlist ``rerank_k`` clips per query (and queries per clip) and re-scores
-            only those with the cascade (two-stage retrieval).
+            only those with the cascade (two-stage retrieval: text→audio ranks each query's own
+            shortlist, audio→text each clip's own, as ``lacoat search`` does).
         rerank_k: shortlist size K of ``rerank``.
+        fusion_alpha: a pair's score is ``s_co + fusion_alpha * s_bi`` (score fusion, as re-rankers
+            do); 0 ranks by co-attention alone. Choose it on validation (README, "Score fusion").
         eval_text_block: queries prepared at once when scoring the evaluation matrix exhaustively.
         predict_top_k: clips per query written by ``predict``.
     """
@@ -67,6 +86,7 @@ class LacoatModule(L.LightningModule):
         warmup_steps: int = 100,
         eval_mode: Literal["exhaustive", "rerank"] = "rerank",
         rerank_k: int = 16,
+        fusion_alpha: float = 0.0,
         eval_text_block: int = 256,
         predict_top_k: int = 10,
     ) -> None:
@@ -80,11 +100,11 @@ class LacoatModule(L.LightningModule):
         self.gather_negatives = gather_negatives
         self.lr, self.encoder_lr = lr, encoder_lr
         self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
-        self.eval_mode, self.rerank_k = eval_mode, rerank_k
+        self.eval_mode, self.rerank_k, self.fusion_alpha = eval_mode, rerank_k, fusion_alpha
         self.eval_text_block, self.predict_top_k = eval_text_block, predict_top_k
         self._eval: dict[str, list] = {}
         self.test_results: dict[str, float] = {}
-        self.test_scores: tuple[Tensor, Tensor, Tensor] | None = None  # (sim [q, n], query_index, clip_index)
+        self.test_scores: tuple[Tensor, Tensor, Tensor] | None = None  # (t2a [q, n], query_index, clip_index)
         self.rankings: pd.DataFrame | None = None
 
     def setup(self, stage: str) -> None:
@@ -107,6 +127,25 @@ class LacoatModule(L.LightningModule):
             data.use_cached_features(
                 encoder if encoder.frozen else None, text_encoder if text_encoder.frozen else None
             )
+
+    def on_fit_start(self) -> None:
+        """Let a DataModule that composes batches with hard negatives mine them with the text encoder."""
+        data = getattr(self.trainer, "datamodule", None)
+        if hasattr(data, "mine_neighbours"):
+            data.mine_neighbours(self.caption_embeddings)
+
+    @torch.no_grad()
+    def caption_embeddings(self, captions: list[str], batch: int = 256) -> Tensor:
+        """Mean of the text encoder's valid token states per caption, ``[n, Dt]`` float32 on the CPU."""
+        encoder, out = self.matcher.text_encoder, []
+        was_training = encoder.training
+        encoder.eval()
+        for start in range(0, len(captions), batch):
+            tokens, mask = encoder(captions[start : start + batch])  # [b, L, Dt], [b, L]
+            m = mask[..., None].float()
+            out.append(((tokens.float() * m).sum(1) / m.sum(1).clamp_min(1.0)).cpu())
+        encoder.train(was_training)
+        return torch.cat(out)
 
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
@@ -217,9 +256,9 @@ class LacoatModule(L.LightningModule):
     def _start_eval(self) -> None:
         self._eval = {"audio": [], "text": []}
 
-    def _score_collected(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Score everything collected: ``sim [q, n]``, the bi-encoder's ``bi [q, n]``, and the query and
-        clip indices of their rows and columns."""
+    def _score_collected(self) -> EvalScores:
+        """Score everything collected: text→audio and audio→text rankings, the bi-encoder's scores, and the
+        query and clip indices of their rows and columns."""
         parts, indices = {}, {}
         for side, items in self._eval.items():
             feats = Tokens.cat([f for _, f in items])
@@ -227,28 +266,37 @@ class LacoatModule(L.LightningModule):
             feats, index, _ = gather_tokens(self, feats, index)  # every rank's items (DDP)
             parts[side], indices[side] = unique_rows(feats, index)
         self._eval = {}
-        bi = self.matcher.bi_scores(parts["text"], parts["audio"])
+        text, audio = parts["text"], parts["audio"]
+        if self.matcher.cascade is not None and self.eval_mode == "rerank" and self.loss.aux_weight == 0:
+            log.warning(
+                "rerank evaluation of a cascade trained with loss.aux_weight 0: its bi-encoder first stage "
+                "was never trained, so the shortlists are close to random; use --model.eval_mode exhaustive"
+            )
+        bi = self.matcher.bi_scores(text, audio)
         if self.eval_mode == "rerank":
-            sim = self.matcher.rerank_matrix(parts["text"], parts["audio"], self.rerank_k, bi=bi)
+            t2a, a2t = self.matcher.rerank_scores(text, audio, self.rerank_k, self.fusion_alpha, bi=bi)
         else:
-            sim = self.matcher.score_matrix(parts["text"], parts["audio"], text_block=self.eval_text_block)
-        return sim, bi, indices["text"].cpu(), indices["audio"].cpu()
+            t2a = a2t = self.matcher.score_matrix(text, audio, text_block=self.eval_text_block) + (
+                self.fusion_alpha * bi if self.matcher.cascade is not None else 0.0
+            )
+        return EvalScores(t2a, a2t, bi, indices["text"].cpu(), indices["audio"].cpu(), text, audio)
 
-    def _metrics(
-        self, stage: str, sim: Tensor, bi: Tensor, query_index: Tensor, clip_index: Tensor
-    ) -> dict[str, float]:
-        """DESIGN.md metrics of ``sim`` (rows ``query_index``, columns ``clip_index`` of the split), and
-        with a cascade the same metrics of the model's own bi-encoder scores ``bi`` under ``{stage}_bi/``
-        (the first stage alone: what co-attention adds is the difference).
+    def _metrics(self, stage: str, scores: EvalScores) -> dict[str, float]:
+        """DESIGN.md metrics of ``scores`` (rows and columns: queries and clips of the split), and
+        with a cascade the same metrics of the model's own bi-encoder scores under ``{stage}_bi/``
+        (the first stage alone: what co-attention adds is the difference). Where the split has twin
+        comparisons (SynthCaps), the twin win rates of both (``{stage}/twin_order`` …).
 
         When only part of the split was scored (``limit_val_batches`` and the like), the caption
         queries whose clip was scored are ranked among the scored clips that have a scored caption,
         and a warning says so.
         """
+        query_index, clip_index = scores.query_index, scores.clip_index
         eval_set = self.trainer.datamodule.eval_set(stage)
-        relevance = eval_set.relevance(None)[query_index][:, clip_index].to(sim.device)  # [q, n]
+        device = scores.t2a.device
+        relevance = eval_set.relevance(None)[query_index][:, clip_index].to(device)  # [q, n]
         group = eval_set.queries["group"].to_numpy()[query_index.numpy()]
-        captions = torch.as_tensor(group == "caption", device=sim.device) & relevance.any(1)
+        captions = torch.as_tensor(group == "caption", device=device) & relevance.any(1)
         clips = relevance[captions].any(0)
         if len(query_index) < len(eval_set.queries) or len(clip_index) < len(eval_set.clips):
             log.warning(
@@ -260,14 +308,44 @@ class LacoatModule(L.LightningModule):
                 len(eval_set.clips),
             )
         rel_c = relevance[captions][:, clips]
-        multi_rows = torch.as_tensor(group == "multi", device=sim.device) & relevance.any(1)
+        multi_rows = torch.as_tensor(group == "multi", device=device) & relevance.any(1)
         results = {}
-        for name, scores in [(stage, sim), (f"{stage}_bi", bi)][
-            : 2 if self.matcher.cascade is not None else 1
-        ]:
-            multi = (scores[multi_rows].float(), relevance[multi_rows]) if multi_rows.any() else None
-            results |= directional_metrics(scores[captions][:, clips].float(), rel_c, name, multi=multi)
+        runs = [(stage, scores.t2a, scores.a2t), (f"{stage}_bi", scores.bi, scores.bi)]
+        for name, t2a, a2t in runs[: 2 if self.matcher.cascade is not None else 1]:
+            multi = (t2a[multi_rows].float(), relevance[multi_rows]) if multi_rows.any() else None
+            results |= directional_metrics(
+                t2a[captions][:, clips].float(),
+                rel_c,
+                name,
+                multi=multi,
+                a2t_sim=a2t[captions][:, clips].float(),
+            )
+        if eval_set.twins is not None:
+            results |= self._twin_rates(stage, eval_set.twins, scores)
         return results
+
+    def _twin_rates(self, stage: str, twins: pd.DataFrame, scores: EvalScores) -> dict[str, float]:
+        """Twin win rates from the model's pair scores (always computed, whatever ``eval_mode``) and
+        from its bi-encoder scores, over the comparisons whose query and clips were scored."""
+        row = {int(q): i for i, q in enumerate(scores.query_index)}
+        col = {int(c): i for i, c in enumerate(scores.clip_index)}
+        kept = twins[twins["query"].isin(row) & twins["clip"].isin(col) & twins["twin"].isin(col)]
+        if kept.empty:
+            return {}
+        q = torch.tensor([row[int(v)] for v in kept["query"]])
+        own = torch.tensor([col[int(v)] for v in kept["clip"]])
+        other = torch.tensor([col[int(v)] for v in kept["twin"]])
+        text_index = torch.cat([q, q]).to(scores.bi.device)
+        audio_index = torch.cat([own, other]).to(scores.bi.device)
+        bi = scores.bi[text_index, audio_index].float()
+        pair = self.matcher.score_index_pairs(scores.text, scores.audio, text_index, audio_index).float()
+        if self.matcher.cascade is not None:
+            pair = pair + self.fusion_alpha * bi
+        n, changes = len(q), kept["change"].tolist()
+        out = twin_win_rates(pair[:n], pair[n:], changes, stage)
+        if self.matcher.cascade is not None:
+            out |= twin_win_rates(bi[:n], bi[n:], changes, f"{stage}_bi")
+        return out
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()
@@ -278,7 +356,7 @@ class LacoatModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self._eval.get("audio") or not self._eval.get("text"):
             return
-        results = self._metrics("val", *self._score_collected())
+        results = self._metrics("val", self._score_collected())
         for name, value in results.items():
             self.log(
                 name,
@@ -295,9 +373,9 @@ class LacoatModule(L.LightningModule):
         self._collect(batch)
 
     def on_test_epoch_end(self) -> None:
-        sim, bi, query_index, clip_index = self._score_collected()
-        self.test_scores = (sim.cpu(), query_index, clip_index)  # for callbacks (RetrievalExamples)
-        self.test_results = self._metrics("test", sim, bi, query_index, clip_index)
+        scores = self._score_collected()
+        self.test_scores = (scores.t2a.cpu(), scores.query_index, scores.clip_index)  # for RetrievalExamples
+        self.test_results = self._metrics("test", scores)
         self.log_dict(self.test_results, add_dataloader_idx=False, sync_dist=True)
 
     def on_predict_epoch_start(self) -> None:
@@ -307,7 +385,8 @@ class LacoatModule(L.LightningModule):
         self._collect(batch)
 
     def on_predict_epoch_end(self) -> None:
-        sim, _, query_index, clip_index = self._score_collected()
+        scores = self._score_collected()
+        sim, query_index, clip_index = scores.t2a, scores.query_index, scores.clip_index
         eval_set = self.trainer.datamodule.eval_set("test")
         k = min(self.predict_top_k, sim.shape[1])
         scores, index = sim.topk(k, dim=1)  # [Q, k]

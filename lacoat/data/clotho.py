@@ -30,6 +30,7 @@ from lacoat.data.table import (
     require_rows,
     wide_to_long,
 )
+from lacoat.data.twins import read_twin_manifest
 from lacoat.errors import DataError
 
 CLOTHO_SPLITS = ("development", "validation", "evaluation")
@@ -109,6 +110,9 @@ class Clotho(CaptionSource):
 
     def read_split(self, split: str, captions: CaptionRules | Policy) -> pd.DataFrame:
         return read_clotho_split(self.root, split, captions)
+
+    def twin_specs(self, stage: str) -> list[dict] | None:
+        return read_twin_manifest(self.root, self.splits[stage])
 
     def __repr__(self) -> str:
         return f"Clotho(root={self.root!r})"

@@ -8,6 +8,8 @@ read once; ``EvalSet`` says which clips each query should find.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,12 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from lacoat.data.audio import audio_info
+from lacoat.data.batches import EpochShuffle, NeighbourBatchSampler, caption_neighbours
 from lacoat.data.collate import collate
 from lacoat.data.datasets import AudioLoader, ClipDataset, EvalSet, PairDataset, QueryDataset
 from lacoat.data.features import CachedFeatures, CacheSpec, FeatureStore, audio_spec, text_spec
@@ -134,6 +138,11 @@ class RetrievalDataModule(L.LightningDataModule):
         seed: seed of shuffling and of random window choice.
         feature_cache: folder of features written by ``lacoat extract``; the model's *frozen* encoders
             read their outputs from it instead of running (see ``use_cached_features``).
+        hard_share: share of each training batch filled with hard negatives: captions of clips whose
+            captions are most alike those of the batch's random items (``lacoat.data.batches``); 0 gives
+            random batches. The model mines the neighbours with its text encoder when fitting starts
+            (``mine_neighbours``).
+        hard_neighbours: nearest clips per clip that hard negatives are drawn from.
     """
 
     def __init__(
@@ -158,6 +167,8 @@ class RetrievalDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
         seed: int = 0,
         feature_cache: str | None = None,
+        hard_share: float = 0.0,
+        hard_neighbours: int = 8,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["source"])
@@ -180,6 +191,12 @@ class RetrievalDataModule(L.LightningDataModule):
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.seed = seed
         self.feature_cache = feature_cache
+        if not 0.0 <= hard_share < 1.0:
+            raise DataError(f"hard_share must lie in [0, 1), got {hard_share}")
+        if hard_neighbours < 1:
+            raise DataError(f"hard_neighbours must be at least 1, got {hard_neighbours}")
+        self.hard_share, self.hard_neighbours = hard_share, hard_neighbours
+        self.neighbours: np.ndarray | None = None  # [n_clips, k], set by mine_neighbours
         self.cache_specs: dict[str, CacheSpec] = {}  # side -> spec, set by use_cached_features
         self.tokens_per_window = 1
         self.train_table: pd.DataFrame | None = None
@@ -241,7 +258,9 @@ class RetrievalDataModule(L.LightningDataModule):
             multi = (
                 read_multi_positive(self.multi_positive) if stage == "test" and self.multi_positive else None
             )
-            self.eval_sets[stage] = EvalSet.from_table(self.load_table(stage), multi)
+            self.eval_sets[stage] = EvalSet.from_table(
+                self.load_table(stage), multi, self.source.twin_specs(stage)
+            )
         return self.eval_sets[stage]
 
     def setup(self, stage: str) -> None:
@@ -341,6 +360,26 @@ class RetrievalDataModule(L.LightningDataModule):
             stores["text"] = FeatureStore(self.cache_specs["text"], split, dict.fromkeys(captions))
         return CachedFeatures(stores.get("audio"), stores.get("text"), self.tokens_per_window)
 
+    # ---- hard negatives ------------------------------------------------------------------------
+    def mine_neighbours(self, embed: Callable[[list[str]], Tensor]) -> None:
+        """Find each training clip's ``hard_neighbours`` nearest clips by caption similarity, for
+        ``hard_share`` batches. ``embed`` maps captions to embeddings ``[n, E]`` (the model passes its
+        frozen text encoder's mean token states). Nothing to do when ``hard_share`` is 0."""
+        if self.hard_share == 0:
+            return
+        assert self.train_table is not None, "call setup('fit') first"
+        start = time.perf_counter()
+        embeddings = embed(self.train_table["caption"].tolist())  # [n_captions, E]
+        self.neighbours = caption_neighbours(embeddings, self.clip_identity(), self.hard_neighbours)
+        log.info(
+            "hard negatives: %d nearest clips of each of %d training clips mined from caption similarity "
+            "in %.1f s; %.0f%% of each batch",
+            self.neighbours.shape[1],
+            len(self.neighbours),
+            time.perf_counter() - start,
+            100 * self.hard_share,
+        )
+
     # ---- loaders -------------------------------------------------------------------------------
     def clip_identity(self) -> np.ndarray:
         """``[len(train_table)]`` clip index of each training caption (equal index = same clip)."""
@@ -368,10 +407,33 @@ class RetrievalDataModule(L.LightningDataModule):
         features = self.cached_features(
             "train", table.drop_duplicates("file_name"), table["caption"].unique().tolist()
         )
-        dataset = PairDataset(
-            table, self.clip_identity(), self.train_loader, self.on_bad_audio, self.seed, features
+        clip_of = self.clip_identity()
+        dataset = PairDataset(table, clip_of, self.train_loader, self.on_bad_audio, self.seed, features)
+        if self.hard_share == 0:
+            return self._loader(dataset, self.batch_size, shuffle=True)
+        if self.neighbours is None:
+            raise DataError(
+                "data.hard_share needs the training clips' neighbours, mined by the model when `lacoat fit` "
+                "starts (RetrievalDataModule.mine_neighbours); call it before asking for the train loader."
+            )
+        batches = NeighbourBatchSampler(
+            EpochShuffle(len(dataset), self.seed),
+            self.batch_size,
+            True,
+            clip_of,
+            self.neighbours,
+            self.hard_share,
+            self.seed,
         )
-        return self._loader(dataset, self.batch_size, shuffle=True)
+        return StatefulDataLoader(
+            dataset,
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds
+        )
 
     def eval_dataloaders(self, stage: str) -> list[DataLoader]:
         """``[clips, queries]`` loaders of the ``val`` or ``test`` set."""

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from lacoat.data.audio import AudioWindows, cut_windows, read_audio
 from lacoat.data.features import CachedFeatures
 from lacoat.data.table import Policy
+from lacoat.data.twins import twin_comparisons
 from lacoat.errors import AudioReadError, DataError
 
 log = logging.getLogger(__name__)
@@ -190,14 +191,23 @@ class EvalSet:
         clips: one row per clip (``file_name``, ``audio_path``), in first-seen order.
         queries: one row per query: ``text``, ``group`` (``caption``: the split's own captions, one
             relevant clip each; ``multi``: multi-positive annotations) and ``relevant`` (clip indices).
+        twins: the twin comparisons (``query``, ``clip``, ``twin``, ``change``) where the data has a
+            SynthCaps events manifest (``lacoat.data.twins``), else None.
     """
 
     clips: pd.DataFrame
     queries: pd.DataFrame
+    twins: pd.DataFrame | None = None
 
     @classmethod
-    def from_table(cls, table: pd.DataFrame, multi_positive: pd.DataFrame | None = None) -> EvalSet:
-        """Build from a caption table, optionally adding DCASE 2025 multi-positive queries."""
+    def from_table(
+        cls,
+        table: pd.DataFrame,
+        multi_positive: pd.DataFrame | None = None,
+        twin_specs: list[dict] | None = None,
+    ) -> EvalSet:
+        """Build from a caption table, optionally adding DCASE 2025 multi-positive queries and the twin
+        comparisons of a SynthCaps manifest's clip specifications."""
         clips = table.drop_duplicates("file_name")[["file_name", "audio_path"]].reset_index(drop=True)
         index = {name: i for i, name in enumerate(clips["file_name"])}
         queries = pd.DataFrame(
@@ -222,7 +232,8 @@ class EvalSet:
                 }
             )
             queries = pd.concat([queries, multi], ignore_index=True)
-        return cls(clips=clips, queries=queries)
+        twins = twin_comparisons(clips, queries, twin_specs) if twin_specs is not None else None
+        return cls(clips=clips, queries=queries, twins=twins)
 
     def groups(self) -> list[str]:
         """Query groups present (``caption``, and ``multi`` when annotations were given)."""

@@ -42,6 +42,11 @@ class CaptionSource(ABC):
             raise DataError(f"{self!r} has no {stage} split; set it in the data source's config.")
         return self.read_split(self.splits[stage], captions)
 
+    def twin_specs(self, stage: str) -> list[dict] | None:
+        """Clip specifications of the stage's split from a SynthCaps events manifest (None: no manifest;
+        see ``lacoat.data.twins``)."""
+        return None
+
 
 class CaptionCsv(CaptionSource):
     """A user's own library: ``file_name,caption`` CSVs (several rows per clip allowed) and a folder.

@@ -72,8 +72,11 @@ class ClipSpec:
     duration: float
     twin_of: str | None = None
     change: str | None = None  # what differs from the twin: "order", "count" or "pitch"
+    change_event: int | None = None  # index of the event whose count or pitch differs
     file_name: str = ""
     captions: list[str] = field(default_factory=list)
+    # per caption, what it states that a twin could change: "order", "count@i", "pitch@i" (event i)
+    caption_states: list[list[str]] = field(default_factory=list)
 
 
 # ---- sound synthesis ------------------------------------------------------------------------------
@@ -250,7 +253,8 @@ def random_clip(rng: np.random.Generator) -> ClipSpec:
 
 
 def make_twin(spec: ClipSpec, rng: np.random.Generator) -> ClipSpec | None:
-    """A hard negative of ``spec``: the same events in reverse order, or one count or pitch changed."""
+    """A hard negative of ``spec``: the same events in reverse order (half the time when possible), or
+    one count or pitch changed."""
     events = [replace(ev) for ev in spec.events]
     options = []
     if spec.arrangement == "sequence":
@@ -261,16 +265,26 @@ def make_twin(spec: ClipSpec, rng: np.random.Generator) -> ClipSpec | None:
         options.append("pitch")
     if not options:
         return None
-    change = options[rng.integers(len(options))]
+    # order is what only a time-aware model gets right: it is changed in half of the clips that allow it
+    if "order" in options and (len(options) == 1 or rng.random() < 0.5):
+        change = "order"
+    else:
+        others = [o for o in options if o != "order"]
+        change = others[rng.integers(len(others))]
+    changed = None
     if change == "order":
         events = events[::-1]
     elif change == "count":
-        ev = next(ev for ev in events if "count" in EVENT_TYPES[ev.kind][0])
-        ev.count = int(rng.choice([c for c in (1, 2, 3, 4) if c != ev.count]))
+        changed = next(i for i, ev in enumerate(events) if "count" in EVENT_TYPES[ev.kind][0])
+        events[changed].count = int(rng.choice([c for c in (1, 2, 3, 4) if c != events[changed].count]))
     else:
-        ev = next(ev for ev in events if "pitch" in EVENT_TYPES[ev.kind][0])
-        ev.pitch = str(rng.choice([p for p in ("low", "mid", "high") if p != ev.pitch]))
-    twin = ClipSpec(events=events, arrangement=spec.arrangement, duration=0.0, change=change)
+        changed = next(i for i, ev in enumerate(events) if "pitch" in EVENT_TYPES[ev.kind][0])
+        events[changed].pitch = str(
+            rng.choice([p for p in ("low", "mid", "high") if p != events[changed].pitch])
+        )
+    twin = ClipSpec(
+        events=events, arrangement=spec.arrangement, duration=0.0, change=change, change_event=changed
+    )
     return layout(twin, rng)
 
 
@@ -286,13 +300,16 @@ def _counted(rng: np.random.Generator, count: int, singular: list[str], plural: 
     return (COUNT_WORDS[count] if rng.random() < 0.8 else str(count)), _pick(rng, plural)
 
 
+PITCH_WORDS = {
+    "low": ["low", "deep", "low-pitched"],
+    "mid": ["medium", "mid-pitched", "steady"],
+    "high": ["high", "shrill", "high-pitched"],
+}
+
+
 def describe_event(ev: Event, rng: np.random.Generator) -> str:
     """A noun phrase for one event, naming its count and (usually) its pitch, length and loudness."""
-    pitch_adj = {
-        "low": ["low", "deep", "low-pitched"],
-        "mid": ["medium", "mid-pitched", "steady"],
-        "high": ["high", "shrill", "high-pitched"],
-    }[ev.pitch]
+    pitch_adj = PITCH_WORDS[ev.pitch]
     length_adj = {"short": ["short", "brief", "quick"], "long": ["long", "sustained", "lingering"]}[ev.length]
     k = ev.kind
     det: str | None = None  # None: "a"/"an", chosen after the adjectives
@@ -386,26 +403,48 @@ OVERLAP = [
 ]
 
 
-def caption(spec: ClipSpec, rng: np.random.Generator) -> str:
-    """One caption: every event named, counts stated, order (or overlap) explicit."""
+def stated(spec: ClipSpec, phrases: list[str]) -> list[str]:
+    """What a caption made of ``phrases`` (one per event) states that a twin could change.
+
+    ``order`` for a sequence of several events (every sequence template is explicit about it);
+    ``count@i`` for an event with a count (always named, "a click" included); ``pitch@i`` when event
+    i's phrase holds a word of its pitch (sweeps never do, bells rung as "dings" neither).
+    """
+    out = ["order"] if spec.arrangement == "sequence" and len(spec.events) > 1 else []
+    for i, (ev, phrase) in enumerate(zip(spec.events, phrases, strict=True)):
+        varied = EVENT_TYPES[ev.kind][0]
+        if "count" in varied:
+            out.append(f"count@{i}")
+        words = set(phrase.lower().split())
+        if "pitch" in varied and words & set(PITCH_WORDS[ev.pitch]):
+            out.append(f"pitch@{i}")
+    return out
+
+
+def caption(spec: ClipSpec, rng: np.random.Generator) -> tuple[str, list[str]]:
+    """One caption (every event named, counts stated, order or overlap explicit) and what it states."""
     phrases = [describe_event(ev, rng) for ev in spec.events]
     templates = OVERLAP if spec.arrangement == "overlap" else {1: SINGLE, 2: PAIR, 3: TRIPLE}[len(phrases)]
     text = _pick(rng, templates).format(*phrases)
-    return text[0].upper() + text[1:] + "."
+    return text[0].upper() + text[1:] + ".", stated(spec, phrases)
 
 
-def captions(spec: ClipSpec, rng: np.random.Generator, n: int = 5) -> list[str]:
-    """``n`` distinct captions (distinct where the template space allows)."""
+def captions(spec: ClipSpec, rng: np.random.Generator, n: int = 5) -> tuple[list[str], list[list[str]]]:
+    """``n`` distinct captions (distinct where the template space allows) and what each states."""
     out: list[str] = []
+    states: list[list[str]] = []
     for _ in range(20 * n):
-        c = caption(spec, rng)
+        c, st = caption(spec, rng)
         if c not in out:
             out.append(c)
+            states.append(st)
         if len(out) == n:
             break
     while len(out) < n:  # a tiny template space (rare): repeat rather than fail
-        out.append(caption(spec, rng))
-    return out
+        c, st = caption(spec, rng)
+        out.append(c)
+        states.append(st)
+    return out, states
 
 
 # ---- file names and writing -----------------------------------------------------------------------
@@ -451,6 +490,7 @@ def synthesize(
     n_evaluation: int = 200,
     sample_rate: int = 16000,
     twin_fraction: float = 0.35,
+    eval_twin_fraction: float | None = 1.0,
 ) -> dict[str, int]:
     """Write SynthCaps to ``out`` in Clotho layout; the same arguments give byte-identical files.
 
@@ -461,8 +501,11 @@ def synthesize(
         n_validation: clips in the validation split.
         n_evaluation: clips in the evaluation (test) split.
         sample_rate: sample rate of the written WAV files (Hz).
-        twin_fraction: probability that a clip is followed by its hard negative (same events, other
-            order, count or pitch).
+        twin_fraction: probability that a training clip is followed by its hard negative (same events,
+            other order, count or pitch).
+        eval_twin_fraction: the same for the validation and evaluation splits (None: ``twin_fraction``).
+            At 1.0 (the default) about half of their clips are twins, so the twin win rates that
+            ``lacoat test`` reports rest on about a hundred pairs per 200 clips.
 
     Returns:
         Number of clips written per split.
@@ -473,14 +516,15 @@ def synthesize(
     for split_id, split in enumerate(SPLITS):
         audio_dir = root / split
         audio_dir.mkdir(parents=True, exist_ok=True)
-        specs = split_specs(sizes[split], seed, split_id, twin_fraction)
+        twins = twin_fraction if split == "development" or eval_twin_fraction is None else eval_twin_fraction
+        specs = split_specs(sizes[split], seed, split_id, twins)
         rows = []
         for i, spec in enumerate(specs):
             rng = np.random.default_rng([seed, split_id, 1_000_000 + i])
             spec.file_name = file_name(split, i, spec)
             if spec.twin_of is not None:
                 spec.twin_of = specs[int(spec.twin_of)].file_name
-            spec.captions = captions(spec, rng)
+            spec.captions, spec.caption_states = captions(spec, rng)
             wave = render(spec, sample_rate, rng)
             _write_atomic(
                 audio_dir / spec.file_name,

@@ -117,6 +117,21 @@ class GuidedAttention(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
+    def attend_self(self, x: Tensor, x_mask: Tensor) -> Tensor:
+        """The self-attention sublayer alone: ``x = LN(x + Drop(MHA(x, x)))``.
+
+        Shape: x ``[B, Lx, D]``, x_mask ``[B, Lx]``; returns ``[B, Lx, D]``.
+        """
+        return self.norm1(x + self.drop(self.self_attn(x, x, x_mask)))
+
+    def attend_guide(self, x: Tensor, y: Tensor | None, y_mask: Tensor, kv: KeyValue | None = None) -> Tensor:
+        """The rest after ``attend_self``: guided attention to ``y`` (or its ``kv``), then the FFN.
+
+        Shape: x ``[B, Lx, D]``, y ``[B, Ly, D]`` (or None with ``kv``), y_mask ``[B, Ly]``; returns ``[B, Lx, D]``.
+        """
+        x = self.norm2(x + self.drop(self.cross(x, y, y_mask, kv)))
+        return self.norm3(x + self.drop(self.ffn(x)))
+
     def forward(
         self, x: Tensor, y: Tensor | None, x_mask: Tensor, y_mask: Tensor, kv: KeyValue | None = None
     ) -> Tensor:
@@ -124,6 +139,4 @@ class GuidedAttention(nn.Module):
 
         Returns ``[B, Lx, D]``.
         """
-        x = self.norm1(x + self.drop(self.self_attn(x, x, x_mask)))
-        x = self.norm2(x + self.drop(self.cross(x, y, y_mask, kv)))
-        return self.norm3(x + self.drop(self.ffn(x)))
+        return self.attend_guide(self.attend_self(x, x_mask), y, y_mask, kv)

@@ -78,28 +78,29 @@ class Cascade(nn.Module, ABC):
 
 
 class CoAttentionLayer(nn.Module):
-    """One stacking layer: SA on each modality, then GA text←audio and GA audio←text on the SA outputs."""
+    """One co-attention module (the paper's Fig. 2): for each modality MCAN's SGA unit, i.e.
+    self-attention, then guided attention to the other modality's self-attended sequence, then FFN.
+
+    Each modality self-attends once per layer (DESIGN.md): 4 attention blocks and 2 FFNs per layer,
+    about the parameters of an iterating layer pair (3 attention blocks and 2 FFNs).
+    """
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
-        self.sa_text, self.sa_audio = SelfAttention(dim, heads, dropout), SelfAttention(dim, heads, dropout)
-        self.ga_text, self.ga_audio = (
-            GuidedAttention(dim, heads, dropout),
-            GuidedAttention(dim, heads, dropout),
-        )
+        self.text, self.audio = GuidedAttention(dim, heads, dropout), GuidedAttention(dim, heads, dropout)
 
     def self_step(self, text: Side, audio: Side) -> tuple[Side, Side]:
-        """SA on both sides, plus the keys/values each SA output offers the other side's GA."""
-        t = self.sa_text(text.tokens, None, text.mask)
-        a = self.sa_audio(audio.tokens, None, audio.mask)
-        t_side = Side(t, text.mask, [self.ga_audio.cross.project_kv(t)])  # text guides audio
-        a_side = Side(a, audio.mask, [self.ga_text.cross.project_kv(a)])  # audio guides text
+        """Self-attention on both sides, plus the keys/values each offers the other side's guided attention."""
+        t = self.text.attend_self(text.tokens, text.mask)
+        a = self.audio.attend_self(audio.tokens, audio.mask)
+        t_side = Side(t, text.mask, [self.audio.cross.project_kv(t)])  # text guides audio
+        a_side = Side(a, audio.mask, [self.text.cross.project_kv(a)])  # audio guides text
         return t_side, a_side
 
     def guided_step(self, text: Side, audio: Side) -> tuple[Tensor, Tensor]:
-        """GA of each side guided by the other (sides from ``self_step``, aligned pair by pair)."""
-        t = self.ga_text(text.tokens, None, text.mask, audio.mask, kv=audio.kv[0])
-        a = self.ga_audio(audio.tokens, None, audio.mask, text.mask, kv=text.kv[0])
+        """Guided attention + FFN of each side (sides from ``self_step``, aligned pair by pair)."""
+        t = self.text.attend_guide(text.tokens, None, audio.mask, kv=audio.kv[0])
+        a = self.audio.attend_guide(audio.tokens, None, text.mask, kv=text.kv[0])
         return t, a
 
 
@@ -118,16 +119,16 @@ class StackingCascade(Cascade):
         self.dim = dim
         self.layers = nn.ModuleList(CoAttentionLayer(dim, heads, dropout) for _ in range(layers))
 
-    # Layer 1's SA sees one item only, so it belongs to the per-item part.
+    # Layer 1's self-attention sees one item only, so it belongs to the per-item part.
     def prepare_text(self, tokens: Tensor, mask: Tensor) -> Side:
         layer = self.layers[0]
-        t = layer.sa_text(tokens, None, mask)
-        return Side(t, mask, [layer.ga_audio.cross.project_kv(t)])
+        t = layer.text.attend_self(tokens, mask)
+        return Side(t, mask, [layer.audio.cross.project_kv(t)])
 
     def prepare_audio(self, tokens: Tensor, mask: Tensor) -> Side:
         layer = self.layers[0]
-        a = layer.sa_audio(tokens, None, mask)
-        return Side(a, mask, [layer.ga_text.cross.project_kv(a)])
+        a = layer.audio.attend_self(tokens, mask)
+        return Side(a, mask, [layer.text.cross.project_kv(a)])
 
     def pairs(self, text: Side, audio: Side) -> tuple[Tensor, Tensor]:
         t, a = self.layers[0].guided_step(text, audio)

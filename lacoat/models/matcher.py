@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lacoat.models.cascade import Cascade, Side
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 from lacoat.models.pooling import AttentionPool, MaskedMeanPool
+from lacoat.models.positions import TokenPositions
 
 
 @dataclass
@@ -60,6 +61,10 @@ class AudioTextMatcher(nn.Module):
         embed_dim: width E of the joint embedding space.
         pool: ``attention`` (MCAN AttFlat) or ``mean``.
         pair_chunk: pairs per cascade pass when scoring many pairs (memory budget).
+        audio_positions: time-position code added to the projected audio tokens (index = window *
+            frames + frame): ``sinusoidal``, ``learned`` or ``none``. Projected CLAP frames carry no
+            position of their own, and the order of events is what co-attention must see.
+        audio_max_positions: audio tokens a ``learned`` position table covers.
     """
 
     def __init__(
@@ -71,12 +76,15 @@ class AudioTextMatcher(nn.Module):
         embed_dim: int = 512,
         pool: Literal["attention", "mean"] = "attention",
         pair_chunk: int = 1024,
+        audio_positions: Literal["sinusoidal", "learned", "none"] = "sinusoidal",
+        audio_max_positions: int = 4096,
     ) -> None:
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
         width = cascade.dim if cascade is not None else d_model
         self.audio_proj = nn.Sequential(nn.Linear(audio_encoder.dim, width), nn.LayerNorm(width))
         self.text_proj = nn.Sequential(nn.Linear(text_encoder.dim, width), nn.LayerNorm(width))
+        self.audio_positions = TokenPositions(width, audio_positions, audio_max_positions)
         make_pool = (
             (lambda: AttentionPool(width, embed_dim))
             if pool == "attention"
@@ -99,8 +107,9 @@ class AudioTextMatcher(nn.Module):
         return Tokens(self.text_proj(tokens), mask)
 
     def project_audio(self, tokens: Tensor, mask: Tensor) -> Tokens:
-        """Projection of audio encoder outputs ``[B, T, Da]`` (e.g. cached ones) to ``Tokens [B, T, D]``."""
-        return Tokens(self.audio_proj(tokens), mask)
+        """Projection of audio encoder outputs ``[B, T, Da]`` (e.g. cached ones) to ``Tokens [B, T, D]``,
+        with the time-position code of each token added."""
+        return Tokens(self.audio_positions(self.audio_proj(tokens)), mask)
 
     def text_of(self, batch: dict) -> Tokens:
         """``Tokens`` of a batch's captions: from its cached ``text_tokens`` or through the encoder."""
@@ -197,26 +206,48 @@ class AudioTextMatcher(nn.Module):
             rows.append(self._pair_cosines(t, a, text_index, audio_index).view(q, n))
         return torch.cat(rows)
 
-    def rerank_matrix(
-        self, text: Tokens, audio: Tokens, k: int, below: float = 3.0, bi: Tensor | None = None
-    ) -> Tensor:
-        """Two-stage scores ``[n_text, n_audio]``: the bi-encoder shortlists, co-attention re-scores.
+    def rerank_scores(
+        self, text: Tokens, audio: Tokens, k: int, alpha: float = 0.0, bi: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Two-stage scores: the bi-encoder shortlists, co-attention re-scores. Returns ``(t2a, a2t)``,
+        each ``[n_text, n_audio]``.
 
-        Each text's top ``k`` clips and each clip's top ``k`` texts by bi-encoder score are re-scored
-        with the cascade; every other pair keeps its bi-encoder score lowered by ``below`` (cosines lie
-        in [-1, 1], so re-scored pairs rank first and the rest keep the bi-encoder's order). With ``k``
-        at least the gallery size this equals ``score_matrix``. ``bi`` may pass the bi-encoder scores
-        when they are already computed.
+        ``t2a`` ranks each text's clips from that text's own top ``k`` (by bi-encoder score) and ``a2t``
+        each clip's texts from that clip's own top ``k``, so a query's ranking never depends on which
+        other queries are evaluated: it is what ``lacoat search`` returns. A re-scored pair gets
+        ``s_co + alpha * s_bi`` (score fusion); the others rank after the shortlist in bi-encoder order
+        (``after_shortlist``). Pairs shortlisted in both directions are scored once. With ``k`` at least
+        the gallery size, both equal ``score_matrix + alpha * bi``. ``bi`` may pass the bi-encoder
+        scores when they are already computed.
         """
         bi = self.bi_scores(text, audio) if bi is None else bi  # [Q, N]
         if self.cascade is None:
-            return bi
-        shortlist = torch.zeros_like(bi, dtype=torch.bool)
-        shortlist.scatter_(1, bi.topk(min(k, bi.shape[1]), dim=1).indices, True)  # text → audio
-        shortlist.scatter_(0, bi.topk(min(k, bi.shape[0]), dim=0).indices, True)  # audio → text
-        text_index, audio_index = shortlist.nonzero(as_tuple=True)
-        scores = bi - below
-        scores[text_index, audio_index] = self.score_index_pairs(text, audio, text_index, audio_index).to(
-            bi.dtype
-        )
-        return scores
+            return bi.float(), bi.float()
+        in_row = torch.zeros_like(bi, dtype=torch.bool)
+        in_row.scatter_(1, bi.topk(min(k, bi.shape[1]), dim=1).indices, True)  # each text's clips
+        in_col = torch.zeros_like(bi, dtype=torch.bool)
+        in_col.scatter_(0, bi.topk(min(k, bi.shape[0]), dim=0).indices, True)  # each clip's texts
+        text_index, audio_index = (in_row | in_col).nonzero(as_tuple=True)
+        fused = torch.zeros_like(bi, dtype=torch.float32)
+        co = self.score_index_pairs(text, audio, text_index, audio_index).float()
+        fused[text_index, audio_index] = co + alpha * bi[text_index, audio_index].float()
+        return after_shortlist(fused, bi, in_row, dim=1), after_shortlist(fused, bi, in_col, dim=0)
+
+
+def after_shortlist(scores: Tensor, bi: Tensor, shortlist: Tensor, dim: int = -1) -> Tensor:
+    """Two-stage ranking scores along ``dim``: shortlisted entries keep ``scores``; the others follow,
+    in bi-encoder order, just below the lowest shortlisted score of their row (``dim=1``) or column.
+
+    The result is a meaningful, monotone score for every item (no internal offset reaches a user):
+    the best unshortlisted item lies 1e-3 below the worst shortlisted one, and the gaps between
+    unshortlisted items are their bi-encoder gaps. Computed in float32.
+
+    Shape:
+        scores, bi, shortlist: ``[..., N]`` along ``dim`` (any 2-D layout); returns float32 of that shape.
+    """
+    scores, bi = scores.float(), bi.float()
+    inf = torch.tensor(float("inf"), device=scores.device)
+    floor = torch.where(shortlist, scores, inf).amin(dim, keepdim=True)  # lowest re-scored
+    top_rest = torch.where(shortlist, -inf, bi).amax(dim, keepdim=True)  # best bi-encoder score left out
+    rest = floor - 1e-3 - (top_rest - bi)
+    return torch.where(shortlist, scores, rest)

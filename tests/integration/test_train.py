@@ -83,7 +83,10 @@ def test_fit_then_test_finds_best_checkpoint_and_writes_metrics(tmp_path, synthc
     assert (
         report["checkpoint"] == str(best[0]) and report["eval_mode"] == "rerank" and report["rerank_k"] == 4
     )
-    assert set(report["metrics"]) == set(metric_names("test")) | set(metric_names("test_bi"))
+    twins = {f"{s}/twin_{c}" for s in ("test", "test_bi") for c in ("order", "count", "pitch", "all")}
+    retrieval = set(metric_names("test")) | set(metric_names("test_bi"))
+    assert retrieval < set(report["metrics"]) <= retrieval | twins  # SynthCaps: the twin diagnostic too
+    assert {"test/twin_all", "test_bi/twin_all"} <= set(report["metrics"])
     assert all(0.0 <= v <= 1.0 for v in report["metrics"].values())
     assert "test/t2a_mAP@10" in out
 
@@ -101,19 +104,34 @@ def test_fit_then_test_finds_best_checkpoint_and_writes_metrics(tmp_path, synthc
 
 
 @pytest.mark.parametrize(
-    ("cascade", "train_pairs"),
+    ("cascade", "train_pairs", "extra"),
     [
-        ("null", "full"),
+        ("null", "full", []),
         (
             "{class_path: lacoat.models.cascade.SingleCascade, init_args: {dim: 32, heads: 2}}",
             "hard_negatives",
+            [],
+        ),
+        (
+            "{class_path: lacoat.models.cascade.StackingCascade, init_args: {dim: 32, heads: 2, layers: 2}}",
+            "full",
+            ["--data.hard_share", "0.5", "--data.hard_neighbours", "3"],
         ),
     ],
 )
-def test_fit_other_heads_and_pair_modes(tmp_path, synthcaps, cascade, train_pairs):
+def test_fit_other_heads_and_pair_modes(tmp_path, synthcaps, cascade, train_pairs, extra, caplog):
     config = write_config(tmp_path, synthcaps, cascade, train_pairs)
-    main(["fit", "--config", str(config), "--trainer.max_steps", "3"])
-    assert list((tmp_path / "runs" / "checkpoints").glob("*/last.ckpt"))
+    with caplog.at_level("INFO"):
+        main(["fit", "--config", str(config), "--trainer.max_steps", "3", *extra])
+    (last,) = (tmp_path / "runs" / "checkpoints").glob("*/last.ckpt")
+    import torch
+
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 3  # three optimiser steps ran with this head and pair mode
+    trained = [k for k in state["state_dict"] if k.startswith("matcher.cascade.")]
+    assert bool(trained) == (cascade != "null")
+    if extra:
+        assert "hard negatives: 3 nearest clips of each of 40 training clips" in caplog.text
 
 
 def test_data_rate_must_match_the_audio_encoder(tmp_path, synthcaps, capsys):

@@ -82,19 +82,78 @@ def test_pools_ignore_padding(pool_cls):
         assert torch.allclose(w.sum(1), torch.ones(3, 1)) and (w[~mp] == 0).all()
 
 
+def ref_attention(mha, x, y, y_mask):
+    """Multi-head attention written out: softmax(Q Kᵀ / √Dh) V over valid keys, from the unit's weights."""
+    d = x.shape[-1]
+    h, dh = mha.heads, d // mha.heads
+    w_q, b_q = mha.q_proj.weight, mha.q_proj.bias
+    w_kv, b_kv = mha.kv_proj.weight, mha.kv_proj.bias
+    q = x @ w_q.T + b_q
+    k, v = y @ w_kv[:d].T + b_kv[:d], y @ w_kv[d:].T + b_kv[d:]
+    heads = []
+    for i in range(h):
+        cols = slice(i * dh, (i + 1) * dh)
+        logits = q[..., cols] @ k[..., cols].transpose(1, 2) / dh**0.5  # [B, Lx, Ly]
+        logits = logits.masked_fill(~y_mask[:, None, :], float("-inf"))
+        heads.append(torch.softmax(logits, -1) @ v[..., cols])
+    return torch.cat(heads, -1) @ mha.out_proj.weight.T + mha.out_proj.bias
+
+
+def ref_norm(norm, x):
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias
+
+
+def ref_ffn(ffn, x):
+    first, last = ffn.net[0], ffn.net[3]
+    return torch.relu(x @ first.weight.T + first.bias) @ last.weight.T + last.bias
+
+
+def ref_sa(unit, x, xm):
+    """MCAN SA, post-norm: x = LN(x + MHA(x, x)); x = LN(x + FFN(x))."""
+    x = ref_norm(unit.norm1, x + ref_attention(unit.attn, x, x, xm))
+    return ref_norm(unit.norm2, x + ref_ffn(unit.ffn, x))
+
+
+def ref_sga_self(unit, x, xm):
+    """The self-attention sublayer of MCAN's SGA."""
+    return ref_norm(unit.norm1, x + ref_attention(unit.self_attn, x, x, xm))
+
+
+def ref_sga_guide(unit, x, y, ym):
+    """SGA after self-attention: x = LN(x + MHA(q=x, k=y, v=y)); x = LN(x + FFN(x))."""
+    x = ref_norm(unit.norm2, x + ref_attention(unit.cross, x, y, ym))
+    return ref_norm(unit.norm3, x + ref_ffn(unit.ffn, x))
+
+
 def naive_cascade(cascade, t, tm, a, am):
-    """Layer-by-layer reference written from the definitions, without the per-item/per-pair split."""
+    """The cascades written from MCAN's definitions with explicit matmuls (no unit forward, no split).
+
+    Stacking: per layer, each modality self-attends, then attends to the *other modality's self-attended*
+    sequence, then its FFN (one SGA unit per modality; self-attention once per layer). Iterating: the
+    leader runs L SA units; the follower L SGA units, each guided by the leader's final sequence.
+    """
     if isinstance(cascade, StackingCascade):
         for layer in cascade.layers:
-            t_sa, a_sa = layer.sa_text(t, None, tm), layer.sa_audio(a, None, am)
-            t, a = layer.ga_text(t_sa, a_sa, tm, am), layer.ga_audio(a_sa, t_sa, am, tm)
+            t_sa, a_sa = ref_sga_self(layer.text, t, tm), ref_sga_self(layer.audio, a, am)
+            t, a = ref_sga_guide(layer.text, t_sa, a_sa, am), ref_sga_guide(layer.audio, a_sa, t_sa, tm)
         return t, a
     lead, lead_m, follow, follow_m = (t, tm, a, am) if cascade.lead == "text" else (a, am, t, tm)
     for sa in cascade.encoder:
-        lead = sa(lead, None, lead_m)
+        lead = ref_sa(sa, lead, lead_m)
     for ga in cascade.decoder:
-        follow = ga(follow, lead, follow_m, lead_m)
+        follow = ref_sga_guide(ga, ref_sga_self(ga, follow, follow_m), lead, lead_m)
     return (lead, follow) if cascade.lead == "text" else (follow, lead)
+
+
+def test_stacking_self_attends_once_per_layer():
+    """MCAN's co-attention layer: 4 attention blocks and 2 FFNs, as many as an iterating layer pair's
+    3 attention blocks + 2 FFNs give or take one attention block (not an extra SA unit per modality)."""
+    stack, iterate = StackingCascade(D, H, layers=2), IteratingCascade(D, H, layers=2)
+    mha = sum(p.numel() for p in stack.layers[0].text.cross.parameters())
+    n_stack, n_iter = (sum(p.numel() for p in c.parameters()) for c in (stack, iterate))
+    norm = 2 * D  # one LayerNorm
+    assert n_stack - n_iter == 2 * (mha + norm)  # one attention block (and its norm) per layer more
 
 
 @pytest.mark.parametrize("name", list(CASCADES))
@@ -196,23 +255,68 @@ def test_gradients_flow_through_pair_scoring():
 
 
 @pytest.mark.parametrize("name", ["stacking", "iterating_text", "biencoder"])
-def test_rerank_with_full_shortlist_equals_exhaustive(name):
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_rerank_with_full_shortlist_equals_exhaustive(name, alpha):
     matcher = make_matcher(name)
     text, audio = features()
     with torch.no_grad():
-        assert torch.equal(
-            matcher.rerank_matrix(text, audio, k=len(audio)), matcher.score_matrix(text, audio)
-        )
+        t2a, a2t = matcher.rerank_scores(text, audio, k=max(len(audio), len(text)), alpha=alpha)
+        exhaustive = matcher.score_matrix(text, audio)
+        if matcher.cascade is not None:
+            exhaustive = exhaustive + alpha * matcher.bi_scores(text, audio)
+    assert torch.allclose(t2a, exhaustive.float(), atol=1e-6) and torch.allclose(
+        a2t, exhaustive.float(), atol=1e-6
+    )
 
 
-def test_rerank_rescores_exactly_the_shortlist():
+def test_rerank_rescores_each_direction_from_its_own_shortlist():
     matcher = make_matcher("iterating_text")
     text, audio = features()
     with torch.no_grad():
-        bi, full = matcher.bi_scores(text, audio), matcher.score_matrix(text, audio)
-        two_stage = matcher.rerank_matrix(text, audio, k=1)
-    shortlisted = torch.zeros_like(bi, dtype=torch.bool)
-    shortlisted[torch.arange(5), bi.argmax(1)] = True
-    shortlisted[bi.argmax(0), torch.arange(4)] = True
-    assert torch.allclose(two_stage[shortlisted], full[shortlisted], atol=1e-10)
-    assert torch.allclose(two_stage[~shortlisted], bi[~shortlisted] - 3.0)
+        bi, full = matcher.bi_scores(text, audio).float(), matcher.score_matrix(text, audio).float()
+        t2a, a2t = matcher.rerank_scores(text, audio, k=2)
+    rows = torch.zeros_like(bi, dtype=torch.bool).scatter_(1, bi.topk(2, dim=1).indices, True)
+    cols = torch.zeros_like(bi, dtype=torch.bool).scatter_(0, bi.topk(2, dim=0).indices, True)
+    assert torch.allclose(t2a[rows], full[rows], atol=1e-6) and torch.allclose(
+        a2t[cols], full[cols], atol=1e-6
+    )
+    for scores, short, dim in ((t2a, rows, 1), (a2t, cols, 0)):
+        s, b, m = (x if dim == 1 else x.T for x in (scores, bi, short))
+        for r in range(s.shape[0]):
+            inside, outside = s[r][m[r]], s[r][~m[r]]
+            assert outside.max() < inside.min()  # every shortlisted item ranks first ...
+            assert outside.max() > inside.min() - 0.01  # ... and the rest follow just below, not at -3
+            order = b[r][~m[r]].argsort(descending=True)
+            assert (outside[order].diff() <= 0).all()  # ... in bi-encoder order
+            assert torch.allclose(outside - outside.max(), b[r][~m[r]] - b[r][~m[r]].max(), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["stacking", "iterating_text"])
+def test_a_query_ranking_does_not_depend_on_the_other_queries(name):
+    matcher = make_matcher(name)
+    text, audio = features()
+    with torch.no_grad():
+        t2a_all, _ = matcher.rerank_scores(text, audio, k=2)
+        for keep in ([1], [0, 3], [4, 2, 1]):
+            t2a_part, _ = matcher.rerank_scores(text[torch.tensor(keep)], audio, k=2)
+            assert torch.allclose(t2a_part, t2a_all[keep], atol=1e-6)
+        _, a2t_all = matcher.rerank_scores(text, audio, k=2)
+        _, a2t_part = matcher.rerank_scores(text, audio[torch.tensor([0, 2])], k=2)
+        assert torch.allclose(a2t_part, a2t_all[:, [0, 2]], atol=1e-6)
+
+
+def test_audio_positions_ignore_padding_and_mark_order():
+    torch.manual_seed(0)
+    matcher = AudioTextMatcher(StubEncoder(D), StubEncoder(D), None, d_model=D, embed_dim=8).eval()
+    a, am = seqs(2, 5, [5, 3], 8)
+    ap, amp = padded(a, am, 4)
+    with torch.no_grad():
+        ref, pad = matcher.project_audio(a, am), matcher.project_audio(ap, amp)
+        assert torch.allclose(pad.tokens[0, :5], ref.tokens[0], atol=1e-10)
+        assert torch.allclose(pad.tokens[1, :3], ref.tokens[1, :3], atol=1e-10)
+        same = a[:1, :1].expand(1, 5, D)  # one frame repeated: only the position tells them apart
+        tokens = matcher.project_audio(same, torch.ones(1, 5, dtype=torch.bool)).tokens
+        assert not torch.allclose(tokens[0, 0], tokens[0, 1])
+        off = AudioTextMatcher(StubEncoder(D), StubEncoder(D), None, d_model=D, audio_positions="none").eval()
+        tokens = off.project_audio(same, torch.ones(1, 5, dtype=torch.bool)).tokens
+        assert torch.allclose(tokens[0, 0], tokens[0, 1])

@@ -66,13 +66,13 @@ def reference_attention(matcher, clip_path, query):
                 follow = ga(follow, lead, follow_mask, lead_mask)
             ga, keys, key_mask = cascade.decoder[-1], lead, lead_mask
             x = ga.norm1(follow + ga.self_attn(follow, follow, follow_mask))
-        else:  # stacking: layer by layer, then the last layer's ga_text
+        else:  # stacking: layer by layer, then the last layer's text unit
             for layer in cascade.layers[:-1]:
-                t, a = layer.sa_text(t, None, tm), layer.sa_audio(a, None, am)
-                t, a = layer.ga_text(t, a, tm, am), layer.ga_audio(a, t, am, tm)
+                t, a = layer.text.attend_self(t, tm), layer.audio.attend_self(a, am)
+                t, a = layer.text.attend_guide(t, a, am), layer.audio.attend_guide(a, t, tm)
             last = cascade.layers[-1]
-            t, a = last.sa_text(t, None, tm), last.sa_audio(a, None, am)
-            ga, keys, key_mask = last.ga_text, a, am
+            ga = last.text
+            keys, key_mask = last.audio.attend_self(a, am), am
             x = ga.norm1(t + ga.self_attn(t, t, tm))
         unit = ga.cross
         q = unit.q_proj(x)  # [1, Lx, D]
@@ -177,7 +177,7 @@ def test_layer_choice_and_errors(text_model, clip):
     cascade = IteratingCascade(D, H, layers=3)
     assert guided_attention_unit(cascade, 0)[0] == "decoder.0.cross"
     assert guided_attention_unit(cascade, -1)[0] == "decoder.2.cross"
-    assert guided_attention_unit(StackingCascade(D, H, layers=2), -1)[0] == "layers.1.ga_text.cross"
+    assert guided_attention_unit(StackingCascade(D, H, layers=2), -1)[0] == "layers.1.text.cross"
     with pytest.raises(ModelError, match="pass --layer between -3 and 2"):
         guided_attention_unit(cascade, 3)
     with pytest.raises(ModelError, match="bi-encoder .* no co-attention to draw"):

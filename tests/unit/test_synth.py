@@ -66,3 +66,55 @@ def test_captions_state_order_and_counts(tmp_path):
     text = " ".join(df.iloc[:, 1:].to_numpy().ravel()).lower()
     for word in ("then", "followed by", "after", "while", "two", "three", "twice", "low", "high", "loud"):
         assert word in text, word
+
+
+def test_manifest_says_what_each_caption_states(tmp_path):
+    synthesize(str(tmp_path), seed=2, n_development=150, n_validation=2, n_evaluation=2)
+    clips = json.loads((tmp_path / "synthcaps_events.json").read_text(encoding="utf-8"))["splits"][
+        "development"
+    ]
+    pitch_words = {
+        "low",
+        "deep",
+        "low-pitched",
+        "medium",
+        "mid-pitched",
+        "steady",
+        "high",
+        "shrill",
+        "high-pitched",
+    }
+    seen = collections.Counter()
+    for clip in clips:
+        assert len(clip["caption_states"]) == len(clip["captions"]) == 5
+        for text, states in zip(clip["captions"], clip["caption_states"], strict=True):
+            sequence = clip["arrangement"] == "sequence"
+            assert ("order" in states) == sequence
+            for i, ev in enumerate(clip["events"]):
+                if ev["kind"] in ("sweep_up", "sweep_down"):  # their phrases never name a pitch
+                    assert f"pitch@{i}" not in states
+                if f"pitch@{i}" in states:
+                    seen["pitch"] += 1
+                    assert set(text.lower().replace(",", " ").replace(".", " ").split()) & pitch_words
+        if clip["twin_of"] and clip["change"] != "order":
+            assert clip["change_event"] is not None
+            event = clip["events"][clip["change_event"]]
+            assert clip["change"] in EVENT_TYPES[event["kind"]][0]
+    assert seen["pitch"] > 0
+
+
+def test_eval_twin_fraction_makes_more_twins(tmp_path):
+    synthesize(
+        str(tmp_path / "a"), seed=0, n_development=2, n_validation=2, n_evaluation=60, eval_twin_fraction=1.0
+    )
+    synthesize(
+        str(tmp_path / "b"), seed=0, n_development=2, n_validation=2, n_evaluation=60, eval_twin_fraction=0.0
+    )
+    count = [
+        sum(
+            bool(c["twin_of"])
+            for c in json.loads((tmp_path / x / "synthcaps_events.json").read_text())["splits"]["evaluation"]
+        )
+        for x in "ab"
+    ]
+    assert count[0] >= 20 and count[1] == 0

@@ -8,30 +8,13 @@ with a key padding mask.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lacoat.errors import ModelError
 from lacoat.models.encoders.base import AudioEncoder, state_digest, window_token_mask
-
-
-def sinusoidal_positions(n_positions: int, dim: int, device: torch.device | None = None) -> Tensor:
-    """Fixed sine/cosine position codes (Vaswani et al. 2017).
-
-    Shape:
-        - output: ``[n_positions, dim]`` float32
-    """
-    position = torch.arange(n_positions, device=device, dtype=torch.float32)[:, None]  # [T, 1]
-    freq = torch.exp(
-        torch.arange(0, dim, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / dim)
-    )  # [ceil(D/2)]
-    codes = torch.zeros(n_positions, dim, device=device)
-    codes[:, 0::2] = torch.sin(position * freq)
-    codes[:, 1::2] = torch.cos(position * freq[: dim // 2])
-    return codes
+from lacoat.models.positions import sinusoidal_positions
 
 
 class LogMelAudioEncoder(AudioEncoder):

@@ -113,13 +113,18 @@ class NTXentLoss(nn.Module):
         sim = sim.to(torch.promote_types(sim.dtype, torch.float32))
         return sim * self.logit_scale
 
-    def contrastive(self, sim: Tensor, text_clip: Tensor, audio_clip: Tensor) -> Tensor:
+    def contrastive(
+        self, sim: Tensor, text_clip: Tensor, audio_clip: Tensor, t2a_extra: Tensor | None = None
+    ) -> Tensor:
         """Symmetric multi-positive NT-Xent of one similarity matrix (unweighted).
 
         Args:
             sim: Cosine similarities, text-major; the diagonal holds the matching pairs.
             text_clip: Clip identity of each caption (row).
             audio_clip: Clip identity of each audio (column).
+            t2a_extra: Score of each caption with one more negative of its own (its clip with the
+                halves swapped: ``lacoat.order_negatives``), ``-inf`` where it has none; an extra
+                column of the caption → audio softmax.
 
         Returns:
             The scalar loss ``(L_t2a + L_a2t) / 2``.
@@ -128,10 +133,13 @@ class NTXentLoss(nn.Module):
             - sim: ``[B, B]``
             - text_clip: ``[B]``
             - audio_clip: ``[B]``
+            - t2a_extra: ``[B]``
             - output: ``[]``
         """
         _check_square("sim", sim, text_clip, audio_clip)
-        return self.sharded_contrastive(sim, sim.T, text_clip, audio_clip, text_clip, audio_clip, 0)
+        return self.sharded_contrastive(
+            sim, sim.T, text_clip, audio_clip, text_clip, audio_clip, 0, t2a_extra
+        )
 
     def sharded_contrastive(
         self,
@@ -142,16 +150,18 @@ class NTXentLoss(nn.Module):
         all_text_clip: Tensor,
         all_audio_clip: Tensor,
         offset: int,
+        t2a_extra: Tensor | None = None,
     ) -> Tensor:
         """NT-Xent of one rank's rows against the candidates of all ranks (negatives gathered in DDP).
 
         Row ``i`` of ``t2a`` is this rank's caption ``i`` against every clip of the global batch; its
         positive is column ``offset + i``. ``a2t`` likewise for this rank's clips against every caption.
         Averaged over ranks of equal batch size this equals ``contrastive`` of the global batch.
+        ``t2a_extra`` adds one column to the caption → audio rows (see ``contrastive``).
 
         Shape:
             - t2a, a2t: ``[b, N]`` (N = global batch)
-            - text_clip, audio_clip: ``[b]``; all_text_clip, all_audio_clip: ``[N]``
+            - text_clip, audio_clip: ``[b]``; all_text_clip, all_audio_clip: ``[N]``; t2a_extra: ``[b]``
             - output: ``[]``
         """
         rows = torch.arange(t2a.shape[0], device=t2a.device)  # [b]
@@ -161,11 +171,19 @@ class NTXentLoss(nn.Module):
             mask = own[:, None] == other[None, :]  # [b, N] same clip ...
             mask[rows, target] = False  # ... apart from the positive itself
             logits = self._logits(sim).masked_fill(mask, float("-inf"))
+            if t2a_extra is not None and sim is t2a:
+                logits = torch.cat([logits, self._logits(t2a_extra)[:, None]], dim=1)  # [b, N + 1]
             losses.append(F.cross_entropy(logits, target))
         return (losses[0] + losses[1]) / 2
 
     def forward(
-        self, sim: Tensor, text_clip: Tensor, audio_clip: Tensor, aux_sim: Tensor | None = None
+        self,
+        sim: Tensor,
+        text_clip: Tensor,
+        audio_clip: Tensor,
+        aux_sim: Tensor | None = None,
+        extra: Tensor | None = None,
+        aux_extra: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Computes the loss on the main (co-attention) scores and, if given, the auxiliary scores.
 
@@ -174,6 +192,8 @@ class NTXentLoss(nn.Module):
             text_clip: Clip identity of each caption (int64).
             audio_clip: Clip identity of each audio (int64).
             aux_sim: Optional bi-encoder cosine similarities, same layout as ``sim``.
+            extra: Optional extra negative score of each caption under ``sim`` (``contrastive``'s
+                ``t2a_extra``); ``aux_extra`` the same under ``aux_sim``.
 
         Returns:
             ``loss`` = ``loss_main + aux_weight * loss_aux``; ``loss_main``; ``loss_aux`` (unweighted,
@@ -186,12 +206,12 @@ class NTXentLoss(nn.Module):
             - aux_sim: ``[B, B]``
             - outputs: ``[]`` each
         """
-        loss_main = self.contrastive(sim, text_clip, audio_clip)
+        loss_main = self.contrastive(sim, text_clip, audio_clip, extra)
         if aux_sim is None:
             loss_aux = loss_main.new_zeros(())
             loss = loss_main
         else:
-            loss_aux = self.contrastive(aux_sim, text_clip, audio_clip)
+            loss_aux = self.contrastive(aux_sim, text_clip, audio_clip, aux_extra)
             loss = loss_main + self.aux_weight * loss_aux
         return {"loss": loss, "loss_main": loss_main, "loss_aux": loss_aux, "temperature": self.temperature}
 

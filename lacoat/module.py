@@ -26,6 +26,7 @@ from lacoat.errors import LacoatError, NumericalError
 from lacoat.losses import NTXentLoss, hardest_negatives
 from lacoat.metrics import directional_metrics, twin_win_rates
 from lacoat.models.matcher import AudioTextMatcher, Tokens
+from lacoat.order_negatives import states_order
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class LacoatModule(L.LightningModule):
             ``hard_negatives`` scores each query's positive and its ``hard_negatives`` hardest
             in-batch negatives, ranked by the bi-encoder, in both directions (B·(1+2M) passes).
         hard_negatives: M, negatives per query in ``hard_negatives`` mode.
+        order_negatives: give every caption that states an order of events ("then", "after", …) its
+            own clip with the two halves swapped as one more negative (``lacoat.order_negatives``), in
+            the co-attention and the bi-encoder loss alike (``full`` pairs and the bi-encoder).
         gather_negatives: under DDP, score this rank's captions and clips against the batches of
             all ranks (token features gathered with their gradients), so every rank sees the global
             batch's negatives (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
@@ -79,6 +83,7 @@ class LacoatModule(L.LightningModule):
         loss: NTXentLoss,
         train_pairs: Literal["full", "hard_negatives"] = "full",
         hard_negatives: int = 7,
+        order_negatives: bool = False,
         gather_negatives: bool = False,
         lr: float = 3e-4,
         encoder_lr: float = 1e-5,
@@ -97,6 +102,7 @@ class LacoatModule(L.LightningModule):
         self.save_hyperparameters(ignore=None if built_by_cli else ["matcher", "loss"])
         self.matcher, self.loss = matcher, loss
         self.train_pairs, self.hard_negatives = train_pairs, hard_negatives
+        self.order_negatives = order_negatives
         self.gather_negatives = gather_negatives
         self.lr, self.encoder_lr = lr, encoder_lr
         self.weight_decay, self.warmup_steps = weight_decay, warmup_steps
@@ -108,8 +114,9 @@ class LacoatModule(L.LightningModule):
         self.rankings: pd.DataFrame | None = None
 
     def setup(self, stage: str) -> None:
-        """Check that the data is cut the way the audio encoder expects (rate and window length), and
-        let the DataModule serve cached outputs of the frozen encoders (``data.feature_cache``)."""
+        """Check that the data is cut the way the audio encoder expects (rate and window length), let
+        the DataModule serve cached outputs of the frozen encoders (``data.feature_cache``) and mine
+        hard negatives with the text encoder (``data.hard_share``)."""
         data = getattr(self.trainer, "datamodule", None)
         encoder = self.matcher.audio_encoder
         loader = getattr(data, "eval_loader", None)
@@ -122,17 +129,22 @@ class LacoatModule(L.LightningModule):
                 f"{type(encoder).__name__} expects {encoder.sample_rate} Hz and {encoder.window_seconds:g}-s "
                 f"windows; set data.sample_rate: {encoder.sample_rate} and data.window_seconds: {encoder.window_seconds:g}"
             )
+        if self.order_negatives and self.matcher.cascade is not None and self.train_pairs != "full":
+            raise LacoatError(
+                "model.order_negatives works with model.train_pairs: full (and the bi-encoder); "
+                "set train_pairs: full or order_negatives: false"
+            )
+        if self.order_negatives and self.gather_negatives:
+            raise LacoatError(
+                "model.order_negatives does not combine with gather_negatives yet; turn one off"
+            )
+        if stage == "fit" and hasattr(data, "set_caption_embedder"):  # hard-negative batches mine with it
+            data.set_caption_embedder(self.caption_embeddings)
         if hasattr(data, "use_cached_features"):
             text_encoder = self.matcher.text_encoder
             data.use_cached_features(
                 encoder if encoder.frozen else None, text_encoder if text_encoder.frozen else None
             )
-
-    def on_fit_start(self) -> None:
-        """Let a DataModule that composes batches with hard negatives mine them with the text encoder."""
-        data = getattr(self.trainer, "datamodule", None)
-        if hasattr(data, "mine_neighbours"):
-            data.mine_neighbours(self.caption_embeddings)
 
     @torch.no_grad()
     def caption_embeddings(self, captions: list[str], batch: int = 256) -> Tensor:
@@ -161,9 +173,10 @@ class LacoatModule(L.LightningModule):
         if self.gather_negatives and self.trainer.world_size > 1 and self.train_pairs == "full":
             out = self._global_batch_loss(text, audio, clip)
         elif self.matcher.cascade is None:
-            out = self.loss(bi, clip, clip)
+            out = self.loss(bi, clip, clip, extra=self._order_negative_scores(batch, text)[1])
         elif self.train_pairs == "full":
-            out = self.loss(self.matcher.score_matrix(text, audio), clip, clip, aux_sim=bi)
+            co_swap, bi_swap = self._order_negative_scores(batch, text)
+            out = self.loss(self.matcher.score_matrix(text, audio), clip, clip, bi, co_swap, bi_swap)
         else:
             out = self._hard_negative_loss(text, audio, clip, bi)
         self._check_finite(out["loss"], batch, batch_idx)
@@ -173,6 +186,22 @@ class LacoatModule(L.LightningModule):
         self.log("train/loss_aux", out["loss_aux"], batch_size=batch_size)
         self.log("train/temperature", out["temperature"], batch_size=batch_size)
         return out["loss"]
+
+    def _order_negative_scores(
+        self, batch: dict[str, Any], text: Tokens
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Scores of each caption with its own clip's halves swapped, co-attention and bi-encoder, each
+        ``[B]`` with ``-inf`` for captions that state no order; ``(None, None)`` when off."""
+        if not self.order_negatives:
+            return None, None
+        ordered = states_order(batch["captions"]).to(text.tokens.device)  # [B]
+        if not ordered.any():
+            return None, None
+        swapped = self.matcher.swapped_audio_of(batch)
+        off = torch.tensor(float("-inf"), device=ordered.device)
+        bi = (self.matcher.embed_text(text) * self.matcher.embed_audio(swapped)).sum(-1)
+        co = self.matcher.pair_scores(text, swapped) if self.matcher.cascade is not None else bi
+        return torch.where(ordered, co.float(), off), torch.where(ordered, bi.float(), off)
 
     def _check_finite(self, loss: Tensor, batch: dict[str, Any], batch_idx: int) -> None:
         """Stop at a NaN or infinite loss (Lightning would go on), naming the batch's files and the fix.

@@ -140,8 +140,7 @@ class RetrievalDataModule(L.LightningDataModule):
             read their outputs from it instead of running (see ``use_cached_features``).
         hard_share: share of each training batch filled with hard negatives: captions of clips whose
             captions are most alike those of the batch's random items (``lacoat.data.batches``); 0 gives
-            random batches. The model mines the neighbours with its text encoder when fitting starts
-            (``mine_neighbours``).
+            random batches. Neighbours are mined with the model's text encoder (``set_caption_embedder``).
         hard_neighbours: nearest clips per clip that hard negatives are drawn from.
     """
 
@@ -196,7 +195,8 @@ class RetrievalDataModule(L.LightningDataModule):
         if hard_neighbours < 1:
             raise DataError(f"hard_neighbours must be at least 1, got {hard_neighbours}")
         self.hard_share, self.hard_neighbours = hard_share, hard_neighbours
-        self.neighbours: np.ndarray | None = None  # [n_clips, k], set by mine_neighbours
+        self.caption_embedder: Callable[[list[str]], Tensor] | None = None  # set_caption_embedder
+        self.neighbours: np.ndarray | None = None  # [n_clips, k], from training_neighbours
         self.cache_specs: dict[str, CacheSpec] = {}  # side -> spec, set by use_cached_features
         self.tokens_per_window = 1
         self.train_table: pd.DataFrame | None = None
@@ -361,24 +361,33 @@ class RetrievalDataModule(L.LightningDataModule):
         return CachedFeatures(stores.get("audio"), stores.get("text"), self.tokens_per_window)
 
     # ---- hard negatives ------------------------------------------------------------------------
-    def mine_neighbours(self, embed: Callable[[list[str]], Tensor]) -> None:
-        """Find each training clip's ``hard_neighbours`` nearest clips by caption similarity, for
-        ``hard_share`` batches. ``embed`` maps captions to embeddings ``[n, E]`` (the model passes its
-        frozen text encoder's mean token states). Nothing to do when ``hard_share`` is 0."""
-        if self.hard_share == 0:
-            return
-        assert self.train_table is not None, "call setup('fit') first"
-        start = time.perf_counter()
-        embeddings = embed(self.train_table["caption"].tolist())  # [n_captions, E]
-        self.neighbours = caption_neighbours(embeddings, self.clip_identity(), self.hard_neighbours)
-        log.info(
-            "hard negatives: %d nearest clips of each of %d training clips mined from caption similarity "
-            "in %.1f s; %.0f%% of each batch",
-            self.neighbours.shape[1],
-            len(self.neighbours),
-            time.perf_counter() - start,
-            100 * self.hard_share,
-        )
+    def set_caption_embedder(self, embed: Callable[[list[str]], Tensor]) -> None:
+        """Give the function that maps captions to embeddings ``[n, E]`` for mining hard negatives
+        (the model passes its text encoder's mean token states). Neighbours are mined from it once,
+        when the training loader is first made."""
+        self.caption_embedder = embed
+        self.neighbours = None
+
+    def training_neighbours(self) -> np.ndarray:
+        """``[n_clips, k]``: each training clip's ``hard_neighbours`` nearest clips by caption similarity."""
+        if self.neighbours is None:
+            if self.caption_embedder is None:
+                raise DataError(
+                    "data.hard_share needs caption embeddings to mine neighbours with; the model gives them "
+                    "(LacoatModule.setup calls set_caption_embedder) — call it before making the train loader."
+                )
+            start = time.perf_counter()
+            embeddings = self.caption_embedder(self.train_table["caption"].tolist())  # [n_captions, E]
+            self.neighbours = caption_neighbours(embeddings, self.clip_identity(), self.hard_neighbours)
+            log.info(
+                "hard negatives: %d nearest clips of each of %d training clips mined from caption "
+                "similarity in %.1f s; %.0f%% of each batch",
+                self.neighbours.shape[1],
+                len(self.neighbours),
+                time.perf_counter() - start,
+                100 * self.hard_share,
+            )
+        return self.neighbours
 
     # ---- loaders -------------------------------------------------------------------------------
     def clip_identity(self) -> np.ndarray:
@@ -411,17 +420,12 @@ class RetrievalDataModule(L.LightningDataModule):
         dataset = PairDataset(table, clip_of, self.train_loader, self.on_bad_audio, self.seed, features)
         if self.hard_share == 0:
             return self._loader(dataset, self.batch_size, shuffle=True)
-        if self.neighbours is None:
-            raise DataError(
-                "data.hard_share needs the training clips' neighbours, mined by the model when `lacoat fit` "
-                "starts (RetrievalDataModule.mine_neighbours); call it before asking for the train loader."
-            )
         batches = NeighbourBatchSampler(
             EpochShuffle(len(dataset), self.seed),
             self.batch_size,
             True,
             clip_of,
-            self.neighbours,
+            self.training_neighbours(),
             self.hard_share,
             self.seed,
         )

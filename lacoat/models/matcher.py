@@ -23,6 +23,7 @@ from lacoat.models.cascade import Cascade, Side
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 from lacoat.models.pooling import AttentionPool, MaskedMeanPool
 from lacoat.models.positions import TokenPositions
+from lacoat.order_negatives import swap_audio_halves, swap_token_halves
 
 
 @dataclass
@@ -122,6 +123,16 @@ class AudioTextMatcher(nn.Module):
         if "audio_tokens" in batch:
             return self.project_audio(batch["audio_tokens"], batch["audio_mask"])
         return self.encode_audio(batch["audio"], batch["audio_valid"])
+
+    def swapped_audio_of(self, batch: dict) -> Tokens:
+        """``Tokens`` of a batch's clips with their two halves swapped (``lacoat.order_negatives``): the
+        waveform is swapped and encoded, or, for cached outputs, the encoder's tokens are."""
+        if "audio_tokens" in batch:
+            swapped = swap_token_halves(batch["audio_tokens"], batch["audio_mask"])
+            return self.project_audio(swapped, batch["audio_mask"])
+        return self.encode_audio(
+            swap_audio_halves(batch["audio"], batch["audio_valid"]), batch["audio_valid"]
+        )
 
     def embed_text(self, text: Tokens) -> Tensor:
         """Bi-encoder text embedding ``[B, E]``, L2-normalised."""

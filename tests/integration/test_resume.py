@@ -91,14 +91,21 @@ def evaluate_last(config: Path, root: Path) -> None:
     main(["test", "--config", str(config), "--trainer.default_root_dir", str(root), "--ckpt_path", str(last)])
 
 
+HARD_BATCHES = ("--data.hard_share", "0.5", "--data.hard_neighbours", "3")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killed_fit_resumes_to_the_same_end(tmp_path, synthcaps, sig):
+@pytest.mark.parametrize(
+    ("sig", "extra"),
+    [(signal.SIGKILL, ()), (signal.SIGTERM, ()), (signal.SIGKILL, HARD_BATCHES)],
+    ids=["sigkill", "sigterm", "sigkill-hard-negative-batches"],
+)
+def test_killed_fit_resumes_to_the_same_end(tmp_path, synthcaps, sig, extra):
     config = write_config(tmp_path, synthcaps)
-    subprocess.run(fit_command(config, tmp_path / "whole"), cwd=REPO, check=True, capture_output=True)
+    subprocess.run(fit_command(config, tmp_path / "whole", *extra), cwd=REPO, check=True, capture_output=True)
 
     cut = tmp_path / "cut"
-    step, status = kill_midway(config, cut, sig, after_step=5)
+    step, status = kill_midway(config, cut, sig, 5, *extra)
     assert 5 <= step < 16
     if sig == signal.SIGTERM:  # handled: Lightning stops after the current step, last.ckpt is saved for it
         assert status == 0, status
@@ -110,6 +117,7 @@ def test_killed_fit_resumes_to_the_same_end(tmp_path, synthcaps, sig):
             "--trainer.default_root_dir",
             str(cut),
             *STEPS,
+            *extra,
             "--ckpt_path",
             "last",
         ]

@@ -1,0 +1,137 @@
+"""The co-attention study: ``python benchmarks/study.py RUN [RUN ...] [--seeds 0 1 2]``, then ``--table``.
+
+Each run is ``lacoat fit`` + ``lacoat test`` (exhaustive and two-stage) of ``configs/demo.yaml`` with
+the config files and overrides named in ``RUNS``, once per seed, under ``runs/study/<run>/seed<k>``.
+Results (test metrics of both modes, fit seconds) accumulate in ``benchmarks/study.json``; ``--table``
+prints the README's table of mean ± sd over seeds. A finished run/seed is not run again (delete its
+entry to redo it). Runs take minutes each on 2 CPU cores: this is an experiment, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "study.json"
+LACOAT = str(Path(sys.executable).parent / "lacoat")
+HEADS = {
+    "iterating": [],
+    "single": ["--config", "configs/demo_variants/single.yaml"],
+    "stacking": ["--config", "configs/demo_variants/stack.yaml"],
+    "biencoder": ["--config", "configs/demo_variants/biencoder.yaml"],
+}
+RANDOM_BATCHES = ["--data.hard_share", "0.0"]
+OLD_ENCODER_LR = ["--model.encoder_lr", "1e-5"]
+LONG = ["--config", "configs/demo_variants/long.yaml"]
+RUNS: dict[str, list[str]] = {
+    # the demo recipe (configs/demo.yaml) with each head
+    **{head: args for head, args in HEADS.items()},
+    # ablations of the iterating recipe, one change each
+    "iterating_random_batches": RANDOM_BATCHES,
+    "biencoder_random_batches": HEADS["biencoder"] + RANDOM_BATCHES,
+    "iterating_encoder_lr_1e-5": OLD_ENCODER_LR,
+    "iterating_before": OLD_ENCODER_LR + RANDOM_BATCHES,  # the demo before this study
+    "iterating_no_audio_positions": ["--model.matcher.init_args.audio_positions", "none"],
+    "iterating_hard_share_0.25": ["--data.hard_share", "0.25"],
+    "iterating_hard_share_0.75": ["--data.hard_share", "0.75"],
+    "iterating_candidate_loss": ["--model.train_pairs", "hard_negatives", "--model.hard_negatives", "3"],
+    # the longer CPU budget
+    **{f"{head}_long": LONG + args for head, args in HEADS.items()},
+}
+KEYS = [
+    "test/t2a_mAP@10",
+    "test/t2a_R@1",
+    "test/a2t_mAP@10",
+    "test/twin_order",
+    "test/twin_count",
+    "test/twin_pitch",
+    "test_bi/t2a_mAP@10",
+    "test_bi/twin_order",
+    "test_bi/twin_count",
+]
+
+
+def run_one(name: str, seed: int) -> dict:
+    root = REPO / "runs" / "study" / name / f"seed{seed}"
+    common = [
+        "--config",
+        "configs/demo.yaml",
+        *RUNS[name],
+        "--seed_everything",
+        str(seed),
+        "--data.seed",
+        str(seed),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger.init_args.save_dir",
+        str(root),
+    ]
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "fit.log", "w") as log:
+        start = time.perf_counter()
+        subprocess.run([LACOAT, "fit", *common], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
+        fit_s = time.perf_counter() - start
+    out = {"fit_s": round(fit_s, 1), "args": RUNS[name]}
+    for mode in ("exhaustive", "rerank"):
+        with open(root / f"test_{mode}.log", "w") as log:
+            subprocess.run(
+                [LACOAT, "test", *common, "--model.eval_mode", mode],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                check=True,
+            )
+        (report,) = root.glob(f"checkpoints/*/test_metrics_{mode}.json")
+        out[mode] = json.loads(report.read_text())["metrics"]
+    return out
+
+
+def table(results: dict) -> str:
+    """Markdown table: mean ± sd over seeds of the exhaustive test metrics, and fit time."""
+    short = [k.replace("test/", "").replace("test_bi/", "bi ") for k in KEYS]
+    lines = ["| run | seeds | " + " | ".join(short) + " | fit s |", "|---" * (len(KEYS) + 3) + "|"]
+    for name in RUNS:
+        seeds = results.get(name, {})
+        if not seeds:
+            continue
+        cells = []
+        for key in [*KEYS, "fit_s"]:
+            values = [s["fit_s"] if key == "fit_s" else s["exhaustive"].get(key) for s in seeds.values()]
+            values = [v for v in values if v is not None]
+            if not values:
+                cells.append("–")
+            elif key == "fit_s":
+                cells.append(f"{statistics.mean(values):.0f}")
+            else:
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}")
+        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="*", choices=[*RUNS, []], help="runs to do (see RUNS)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--table", action="store_true", help="print the table of benchmarks/study.json")
+    args = parser.parse_args()
+    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for name in args.runs:
+        for seed in args.seeds:
+            if str(seed) in results.get(name, {}):
+                continue
+            print(f"{name} seed {seed} ...", flush=True)
+            results.setdefault(name, {})[str(seed)] = run_one(name, seed)
+            RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    if args.table:
+        print(table(results))
+
+
+if __name__ == "__main__":
+    main()

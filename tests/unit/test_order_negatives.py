@@ -1,0 +1,59 @@
+"""Order negatives: which captions get one, the swap of a clip's halves, and the loss's extra column."""
+
+import math
+
+import pytest
+import torch
+
+from lacoat.losses import NTXentLoss
+from lacoat.order_negatives import states_order, swap_audio_halves, swap_token_halves
+
+
+def test_captions_that_state_an_order():
+    captions = [
+        "A hum, then a click.",
+        "Two knocks followed by a bell.",
+        "A siren after three knocks.",
+        "First a beep, and lastly a hiss.",
+        "A bell rings.",
+        "A buzz while a hum continues.",
+        "Athens thenceforth",  # no whole word
+    ]
+    assert states_order(captions).tolist() == [True, True, True, True, False, False, False]
+
+
+def test_swap_audio_halves_keeps_the_window_layout():
+    audio = torch.zeros(2, 2, 4)
+    audio[0, 0], audio[0, 1, :2] = torch.tensor([1.0, 2, 3, 4]), torch.tensor([5.0, 6])
+    audio[1, 0, :3] = torch.tensor([7.0, 8, 9])
+    valid = torch.tensor([[4, 2], [3, 0]])
+    out = swap_audio_halves(audio, valid)
+    assert out[0].flatten().tolist() == [4, 5, 6, 1, 2, 3, 0, 0]  # 6 real samples, halves swapped
+    assert out[1].flatten().tolist() == [8, 9, 7, 0, 0, 0, 0, 0]  # 3 real samples: cut after 1
+    assert torch.equal(swap_audio_halves(out, valid)[0], audio[0])  # an even length swaps back
+
+
+def test_swap_token_halves_leaves_padding():
+    tokens = torch.arange(10.0).view(2, 5, 1)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    assert swap_token_halves(tokens, mask)[..., 0].tolist() == [[2, 3, 0, 1, 4], [6, 7, 5, 8, 9]]
+
+
+def test_extra_column_is_one_more_negative_per_caption():
+    loss = NTXentLoss(temperature=0.1, learnable_temperature=False)
+    sim = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    clip = torch.tensor([0, 1])
+    extra = torch.tensor([0.5, float("-inf")])  # caption 0 has a swapped clip, caption 1 none
+    z = sim / 0.1
+    t2a = [
+        -z[0, 0] + torch.logsumexp(torch.tensor([z[0, 0], z[0, 1], 0.5 / 0.1]), 0),
+        -z[1, 1] + torch.logsumexp(z[1], 0),
+    ]
+    a2t = [-z[0, 0] + torch.logsumexp(z[:, 0], 0), -z[1, 1] + torch.logsumexp(z[:, 1], 0)]
+    expected = (sum(t2a) / 2 + sum(a2t) / 2) / 2
+    assert loss.contrastive(sim, clip, clip, extra).item() == pytest.approx(expected.item(), rel=1e-4)
+    assert loss.contrastive(sim, clip, clip, torch.full((2,), -math.inf)).item() == pytest.approx(
+        loss.contrastive(sim, clip, clip).item(), rel=1e-4
+    )
+    out = loss(sim, clip, clip, aux_sim=sim, extra=extra, aux_extra=extra)
+    assert out["loss_aux"].item() == pytest.approx(expected.item(), rel=1e-4)

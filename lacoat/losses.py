@@ -171,8 +171,10 @@ class NTXentLoss(nn.Module):
             mask = own[:, None] == other[None, :]  # [b, N] same clip ...
             mask[rows, target] = False  # ... apart from the positive itself
             logits = self._logits(sim).masked_fill(mask, float("-inf"))
-            if t2a_extra is not None and sim is t2a:
-                logits = torch.cat([logits, self._logits(t2a_extra)[:, None]], dim=1)  # [b, N + 1]
+            if t2a_extra is not None and sim is t2a:  # -inf = no extra negative (masked after scaling:
+                none = ~torch.isfinite(t2a_extra)  # -inf * scale would give the temperature a NaN gradient)
+                extra = self._logits(t2a_extra.masked_fill(none, 0.0)).masked_fill(none, float("-inf"))
+                logits = torch.cat([logits, extra[:, None]], dim=1)  # [b, N + 1]
             losses.append(F.cross_entropy(logits, target))
         return (losses[0] + losses[1]) / 2
 

@@ -23,7 +23,7 @@ from lacoat.data.features import file_stat
 from lacoat.errors import AudioReadError, LacoatError
 from lacoat.io import atomic_torch_save
 from lacoat.models.encoders.base import file_fingerprint
-from lacoat.models.matcher import Tokens
+from lacoat.models.matcher import Tokens, after_shortlist
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +209,11 @@ def search(index_path: str, query: str, k: int = 10, rerank_k: int = 64, model=N
         shortlist = bi[0].topk(min(rerank_k, len(entries))).indices  # [K]
         gallery = _gallery([entries[i] for i in shortlist.tolist()])
         co = model.matcher.score_candidates(text, gallery, torch.arange(len(shortlist))[None])  # [1, K]
-        scores = bi[0] - 3.0  # cosines lie in [-1, 1]: re-scored clips first, the rest in bi-encoder order
-        scores[shortlist] = co[0]
+        in_list = torch.zeros_like(bi[0], dtype=torch.bool)
+        in_list[shortlist] = True
+        fused = torch.zeros_like(bi[0])
+        fused[shortlist] = co[0] + model.fusion_alpha * bi[0, shortlist]
+        scores = after_shortlist(fused[None], bi, in_list[None], dim=1)[0]  # the rest just below, in order
     top = scores.topk(min(k, len(entries)))
     return [
         SearchHit(rank=r + 1, score=float(s), file=entries[i]["file"], duration=entries[i]["duration"])

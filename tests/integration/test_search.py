@@ -43,6 +43,11 @@ def test_index_search_and_incremental_update(checkpoint, library, tmp_path, caps
     assert [h.rank for h in hits] == [1, 2, 3, 4]
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert all((library / h.file).is_file() and h.duration >= 3.0 for h in hits)
+    every = search(str(out), "two knocks, then a low hum", k=10, rerank_k=3)  # 7 past the shortlist
+    scores = [h.score for h in every]
+    assert scores == sorted(scores, reverse=True)
+    # past the shortlist scores stay cosine-like and follow on just below it (no internal offset)
+    assert min(scores) > -1.1 and scores[3] == pytest.approx(scores[2] - 1e-3, abs=1e-5)
 
     originals = sorted((library / "sub").iterdir())
     for i in range(2):  # two new files

@@ -57,3 +57,13 @@ def test_extra_column_is_one_more_negative_per_caption():
     )
     out = loss(sim, clip, clip, aux_sim=sim, extra=extra, aux_extra=extra)
     assert out["loss_aux"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_captions_without_an_extra_negative_give_finite_gradients():
+    loss = NTXentLoss(temperature=0.1, learnable_temperature=True)
+    sim = torch.tensor([[0.9, 0.1], [0.2, 0.8]], requires_grad=True)
+    extra = torch.tensor([0.5, float("-inf")], requires_grad=True)
+    out = loss(sim, torch.tensor([0, 1]), torch.tensor([0, 1]), extra=extra)
+    out["loss"].backward()
+    assert torch.isfinite(loss.log_logit_scale.grad) and torch.isfinite(sim.grad).all()
+    assert extra.grad[1] == 0 and extra.grad[0] > 0

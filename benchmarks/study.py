@@ -26,22 +26,20 @@ HEADS = {
     "stacking": ["--config", "configs/demo_variants/stack.yaml"],
     "biencoder": ["--config", "configs/demo_variants/biencoder.yaml"],
 }
-RANDOM_BATCHES = ["--data.hard_share", "0.0"]
-OLD_ENCODER_LR = ["--model.encoder_lr", "1e-5"]
+HARD_BATCHES = ["--data.hard_share", "0.5", "--data.hard_neighbours", "2"]
+ORDER_NEGATIVES = ["--model.order_negatives", "true"]
 LONG = ["--config", "configs/demo_variants/long.yaml"]
 RUNS: dict[str, list[str]] = {
-    # the demo recipe (configs/demo.yaml) with each head
+    # the demo recipe (configs/demo.yaml) with each head: the same batches for all
     **{head: args for head, args in HEADS.items()},
-    # ablations of the iterating recipe, one change each
-    "iterating_random_batches": RANDOM_BATCHES,
-    "biencoder_random_batches": HEADS["biencoder"] + RANDOM_BATCHES,
-    "iterating_encoder_lr_1e-5": OLD_ENCODER_LR,
-    "iterating_before": OLD_ENCODER_LR + RANDOM_BATCHES,  # the demo before this study
-    "iterating_no_audio_positions": ["--model.matcher.init_args.audio_positions", "none"],
-    "iterating_hard_share_0.25": ["--data.hard_share", "0.25"],
-    "iterating_hard_share_0.75": ["--data.hard_share", "0.75"],
-    "iterating_candidate_loss": ["--model.train_pairs", "hard_negatives", "--model.hard_negatives", "3"],
+    # ablations of the iterating recipe
+    "iterating_encoder_lr_1e-5": ["--model.encoder_lr", "1e-5"],  # the demo before this study
+    "iterating_hard_batches": HARD_BATCHES,
+    "iterating_hard_batches_candidate_loss": HARD_BATCHES
+    + ["--model.train_pairs", "hard_negatives", "--model.hard_negatives", "3"],
+    "iterating_order_negatives": ORDER_NEGATIVES,
     # the longer CPU budget
+    "iterating_long_order_negatives_hard_batches": LONG + ORDER_NEGATIVES + HARD_BATCHES,
     **{f"{head}_long": LONG + args for head, args in HEADS.items()},
 }
 KEYS = [

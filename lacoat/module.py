@@ -173,10 +173,14 @@ class LacoatModule(L.LightningModule):
         if self.gather_negatives and self.trainer.world_size > 1 and self.train_pairs == "full":
             out = self._global_batch_loss(text, audio, clip)
         elif self.matcher.cascade is None:
-            out = self.loss(bi, clip, clip, extra=self._order_negative_scores(batch, text)[1])
+            swap = self._order_negative_scores(batch, text)[1]
+            out = self.loss(bi, clip, clip, extra=swap)
+            self._log_order_wins(bi, swap)
         elif self.train_pairs == "full":
             co_swap, bi_swap = self._order_negative_scores(batch, text)
-            out = self.loss(self.matcher.score_matrix(text, audio), clip, clip, bi, co_swap, bi_swap)
+            sim = self.matcher.score_matrix(text, audio)
+            out = self.loss(sim, clip, clip, bi, co_swap, bi_swap)
+            self._log_order_wins(sim, co_swap)
         else:
             out = self._hard_negative_loss(text, audio, clip, bi)
         self._check_finite(out["loss"], batch, batch_idx)
@@ -202,6 +206,14 @@ class LacoatModule(L.LightningModule):
         bi = (self.matcher.embed_text(text) * self.matcher.embed_audio(swapped)).sum(-1)
         co = self.matcher.pair_scores(text, swapped) if self.matcher.cascade is not None else bi
         return torch.where(ordered, co.float(), off), torch.where(ordered, bi.float(), off)
+
+    def _log_order_wins(self, sim: Tensor, swap: Tensor | None) -> None:
+        """``train/order_win``: how often a caption's own clip outscores the clip with swapped halves."""
+        if swap is None:
+            return
+        ordered = torch.isfinite(swap)
+        wins = (sim.diagonal()[ordered].detach() > swap[ordered].detach()).float()
+        self.log("train/order_win", wins.mean(), batch_size=len(wins))
 
     def _check_finite(self, loss: Tensor, batch: dict[str, Any], batch_idx: int) -> None:
         """Stop at a NaN or infinite loss (Lightning would go on), naming the batch's files and the fix.

@@ -94,7 +94,7 @@ def table(results: dict) -> str:
     """Markdown table: mean ± sd over seeds of the exhaustive test metrics, and fit time."""
     short = [k.replace("test/", "").replace("test_bi/", "bi ") for k in KEYS]
     lines = ["| run | seeds | " + " | ".join(short) + " | fit s |", "|---" * (len(KEYS) + 3) + "|"]
-    for name in RUNS:
+    for name in [*RUNS, *(n for n in results if n not in RUNS)]:  # then runs of earlier code (see notes)
         seeds = results.get(name, {})
         if not seeds:
             continue
@@ -107,8 +107,8 @@ def table(results: dict) -> str:
             elif key == "fit_s":
                 cells.append(f"{statistics.mean(values):.0f}")
             else:
-                sd = statistics.stdev(values) if len(values) > 1 else 0.0
-                cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}")
+                sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+                cells.append(f"{statistics.mean(values):.3f}{sd}")
         lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -201,7 +201,8 @@ class LacoatModule(L.LightningModule):
         ordered = states_order(batch["captions"]).to(text.tokens.device)  # [B]
         if not ordered.any():
             return None, None
-        swapped = self.matcher.swapped_audio_of(batch)
+        swapped, done = self.matcher.swapped_audio_of(batch)
+        ordered = ordered & done  # a clip without a pause has no order negative
         off = torch.tensor(float("-inf"), device=ordered.device)
         bi = (self.matcher.embed_text(text) * self.matcher.embed_audio(swapped)).sum(-1)
         co = self.matcher.pair_scores(text, swapped) if self.matcher.cascade is not None else bi

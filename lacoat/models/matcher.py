@@ -23,7 +23,7 @@ from lacoat.models.cascade import Cascade, Side
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 from lacoat.models.pooling import AttentionPool, MaskedMeanPool
 from lacoat.models.positions import TokenPositions
-from lacoat.order_negatives import swap_audio_halves, swap_token_halves
+from lacoat.order_negatives import swap_audio_events, swap_token_halves
 
 
 @dataclass
@@ -124,15 +124,17 @@ class AudioTextMatcher(nn.Module):
             return self.project_audio(batch["audio_tokens"], batch["audio_mask"])
         return self.encode_audio(batch["audio"], batch["audio_valid"])
 
-    def swapped_audio_of(self, batch: dict) -> Tokens:
-        """``Tokens`` of a batch's clips with their two halves swapped (``lacoat.order_negatives``): the
-        waveform is swapped and encoded, or, for cached outputs, the encoder's tokens are."""
+    def swapped_audio_of(self, batch: dict) -> tuple[Tokens, Tensor]:
+        """``Tokens`` of a batch's clips with the sound before and after their longest pause swapped
+        (``lacoat.order_negatives``), and ``[B]`` bool: which clips were swapped. Cached encoder outputs
+        (no waveform) have their token halves swapped instead."""
         if "audio_tokens" in batch:
             swapped = swap_token_halves(batch["audio_tokens"], batch["audio_mask"])
-            return self.project_audio(swapped, batch["audio_mask"])
-        return self.encode_audio(
-            swap_audio_halves(batch["audio"], batch["audio_valid"]), batch["audio_valid"]
-        )
+            done = torch.ones(len(swapped), dtype=torch.bool, device=swapped.device)
+            return self.project_audio(swapped, batch["audio_mask"]), done
+        frame = max(1, self.audio_encoder.sample_rate // 100)  # 10-ms frames
+        audio, done = swap_audio_events(batch["audio"], batch["audio_valid"], frame)
+        return self.encode_audio(audio, batch["audio_valid"]), done.to(audio.device)
 
     def embed_text(self, text: Tokens) -> Tensor:
         """Bi-encoder text embedding ``[B, E]``, L2-normalised."""

@@ -239,7 +239,9 @@ class NTXentLoss(nn.Module):
             raise ValueError(
                 f"candidate_loss expects pos [B] and neg [B, M], got {tuple(pos.shape)} and {tuple(neg.shape)}"
             )
-        logits = self._logits(torch.cat([pos[:, None], neg], dim=1))  # [B, 1 + M]
+        candidates = torch.cat([pos[:, None], neg], dim=1)  # [B, 1 + M]; -inf: no such negative
+        none = ~torch.isfinite(candidates)  # masked after scaling (see sharded_contrastive)
+        logits = self._logits(candidates.masked_fill(none, 0.0)).masked_fill(none, float("-inf"))
         target = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)  # [B]
         return F.cross_entropy(logits, target)
 

@@ -58,7 +58,7 @@ class LacoatModule(L.LightningModule):
         hard_negatives: M, negatives per query in ``hard_negatives`` mode.
         order_negatives: give every caption that states an order of events ("then", "after", …) its
             own clip with the two halves swapped as one more negative (``lacoat.order_negatives``), in
-            the co-attention and the bi-encoder loss alike (``full`` pairs and the bi-encoder).
+            the co-attention and the bi-encoder loss alike.
         gather_negatives: under DDP, score this rank's captions and clips against the batches of
             all ranks (token features gathered with their gradients), so every rank sees the global
             batch's negatives (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
@@ -129,11 +129,6 @@ class LacoatModule(L.LightningModule):
                 f"{type(encoder).__name__} expects {encoder.sample_rate} Hz and {encoder.window_seconds:g}-s "
                 f"windows; set data.sample_rate: {encoder.sample_rate} and data.window_seconds: {encoder.window_seconds:g}"
             )
-        if self.order_negatives and self.matcher.cascade is not None and self.train_pairs != "full":
-            raise LacoatError(
-                "model.order_negatives works with model.train_pairs: full (and the bi-encoder); "
-                "set train_pairs: full or order_negatives: false"
-            )
         if self.order_negatives and self.gather_negatives:
             raise LacoatError(
                 "model.order_negatives does not combine with gather_negatives yet; turn one off"
@@ -175,14 +170,14 @@ class LacoatModule(L.LightningModule):
         elif self.matcher.cascade is None:
             swap = self._order_negative_scores(batch, text)[1]
             out = self.loss(bi, clip, clip, extra=swap)
-            self._log_order_wins(bi, swap)
+            self._log_order_wins(bi.diagonal(), swap)
         elif self.train_pairs == "full":
             co_swap, bi_swap = self._order_negative_scores(batch, text)
             sim = self.matcher.score_matrix(text, audio)
             out = self.loss(sim, clip, clip, bi, co_swap, bi_swap)
-            self._log_order_wins(sim, co_swap)
+            self._log_order_wins(sim.diagonal(), co_swap)
         else:
-            out = self._hard_negative_loss(text, audio, clip, bi)
+            out = self._hard_negative_loss(text, audio, clip, bi, *self._order_negative_scores(batch, text))
         self._check_finite(out["loss"], batch, batch_idx)
         batch_size = len(clip)
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=batch_size)
@@ -208,12 +203,12 @@ class LacoatModule(L.LightningModule):
         co = self.matcher.pair_scores(text, swapped) if self.matcher.cascade is not None else bi
         return torch.where(ordered, co.float(), off), torch.where(ordered, bi.float(), off)
 
-    def _log_order_wins(self, sim: Tensor, swap: Tensor | None) -> None:
+    def _log_order_wins(self, own: Tensor, swap: Tensor | None) -> None:
         """``train/order_win``: how often a caption's own clip outscores the clip with swapped halves."""
         if swap is None:
             return
         ordered = torch.isfinite(swap)
-        wins = (sim.diagonal()[ordered].detach() > swap[ordered].detach()).float()
+        wins = (own[ordered].detach() > swap[ordered].detach()).float()
         self.log("train/order_win", wins.mean(), batch_size=len(wins))
 
     def _check_finite(self, loss: Tensor, batch: dict[str, Any], batch_idx: int) -> None:
@@ -268,7 +263,17 @@ class LacoatModule(L.LightningModule):
             "temperature": self.loss.temperature,
         }
 
-    def _hard_negative_loss(self, text: Tokens, audio: Tokens, clip: Tensor, bi: Tensor) -> dict[str, Tensor]:
+    def _hard_negative_loss(
+        self,
+        text: Tokens,
+        audio: Tokens,
+        clip: Tensor,
+        bi: Tensor,
+        co_swap: Tensor | None = None,
+        bi_swap: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Candidate loss over each query's positive and its M hardest in-batch negatives (both
+        directions), plus each caption's order negative when given; bi-encoder NT-Xent as the aux term."""
         m = self.hard_negatives
         neg_audio = hardest_negatives(bi.detach(), clip, clip, m)  # [B, M] clips for each caption
         neg_text = hardest_negatives(bi.detach().T, clip, clip, m)  # [B, M] captions for each clip
@@ -278,8 +283,11 @@ class LacoatModule(L.LightningModule):
         audio_index = torch.cat([rows, neg_audio.reshape(-1), rows.repeat_interleave(m)])
         scores = self.matcher.score_index_pairs(text, audio, text_index, audio_index)
         pos, t2a, a2t = scores[:b], scores[b : b + b * m].view(b, m), scores[b + b * m :].view(b, m)
+        if co_swap is not None:
+            t2a = torch.cat([t2a, co_swap[:, None].to(t2a.dtype)], dim=1)  # [B, M + 1]
+            self._log_order_wins(pos, co_swap)
         loss_main = (self.loss.candidate_loss(pos, t2a) + self.loss.candidate_loss(pos, a2t)) / 2
-        loss_aux = self.loss.contrastive(bi, clip, clip)
+        loss_aux = self.loss.contrastive(bi, clip, clip, bi_swap)
         loss = loss_main + self.loss.aux_weight * loss_aux
         return {
             "loss": loss,

@@ -110,7 +110,7 @@ def test_fit_then_test_finds_best_checkpoint_and_writes_metrics(tmp_path, synthc
         (
             "{class_path: lacoat.models.cascade.SingleCascade, init_args: {dim: 32, heads: 2}}",
             "hard_negatives",
-            [],
+            ["--model.order_negatives", "true"],
         ),
         (
             "{class_path: lacoat.models.cascade.StackingCascade, init_args: {dim: 32, heads: 2, layers: 2}}",

@@ -83,3 +83,18 @@ def test_captions_without_an_extra_negative_give_finite_gradients():
     out["loss"].backward()
     assert torch.isfinite(loss.log_logit_scale.grad) and torch.isfinite(sim.grad).all()
     assert extra.grad[1] == 0 and extra.grad[0] > 0
+
+
+def test_candidate_loss_skips_missing_order_negatives():
+    loss = NTXentLoss(temperature=0.1, learnable_temperature=True)
+    pos = torch.tensor([0.8, 0.6], requires_grad=True)
+    neg = torch.tensor([[0.1, 0.2], [0.3, 0.0]])
+    swap = torch.tensor([[0.7], [float("-inf")]])
+    with_swap = loss.candidate_loss(pos, torch.cat([neg, swap], 1))
+    by_hand = (
+        loss.candidate_loss(pos[:1], torch.cat([neg[:1], swap[:1]], 1))
+        + loss.candidate_loss(pos[1:], neg[1:])
+    ) / 2
+    assert with_swap.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    with_swap.backward()
+    assert torch.isfinite(loss.log_logit_scale.grad) and torch.isfinite(pos.grad).all()

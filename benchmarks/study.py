@@ -29,19 +29,22 @@ HEADS = {
 HARD_BATCHES = ["--data.hard_share", "0.5", "--data.hard_neighbours", "2"]
 ORDER_NEGATIVES = ["--model.order_negatives", "true"]
 LONG = ["--config", "configs/demo_variants/long.yaml"]
+FULL_PAIRS = ["--model.train_pairs", "full"]
 RUNS: dict[str, list[str]] = {
     # the demo recipe (configs/demo.yaml) with each head: the same batches for all
     **{head: args for head, args in HEADS.items()},
     # ablations of the iterating recipe
-    "iterating_encoder_lr_1e-5": ["--model.encoder_lr", "1e-5"],  # the demo before this study
+    "iterating_encoder_lr_1e-5_full_pairs": ["--model.encoder_lr", "1e-5", *FULL_PAIRS],  # the demo before
+    "iterating_full_pairs": FULL_PAIRS,
+    "iterating_hard_batches_full_pairs": HARD_BATCHES + FULL_PAIRS,
     "iterating_hard_batches": HARD_BATCHES,
-    "iterating_hard_batches_candidate_loss": HARD_BATCHES
-    + ["--model.train_pairs", "hard_negatives", "--model.hard_negatives", "3"],
     "iterating_order_negatives": ORDER_NEGATIVES,
+    "biencoder_order_negatives": HEADS["biencoder"] + ORDER_NEGATIVES,
     # the longer CPU budget
-    "iterating_long_order_negatives_hard_batches": LONG + ORDER_NEGATIVES + HARD_BATCHES,
     **{f"{head}_long": LONG + args for head, args in HEADS.items()},
+    "iterating_long_order_negatives": LONG + ORDER_NEGATIVES,
 }
+
 KEYS = [
     "test/t2a_mAP@10",
     "test/t2a_R@1",

@@ -101,5 +101,6 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "single.yaml": SingleCascade,
         "stack.yaml": StackingCascade,
         "augmented.yaml": IteratingCascade,
+        "long.yaml": IteratingCascade,
     }
     assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))

@@ -69,7 +69,9 @@ class ResumeCheckpoint(L.Callback):
 
     Writes ``last.ckpt`` into the checkpoint folder every ``every_n_steps`` training steps and at once
     when the process receives SIGTERM (Lightning then stops after the current step); stores the random
-    states in every checkpoint and restores them on resume; records the W&B run id beside the
+    states in every checkpoint and restores them on resume; leaves them as they were after every
+    validation, so that training draws the same random numbers whether or not a validation ran (a
+    checkpoint written just before one resumes exactly); records the W&B run id beside the
     checkpoints so that a resumed run appends to the same W&B run.
 
     Args:
@@ -78,6 +80,7 @@ class ResumeCheckpoint(L.Callback):
 
     def __init__(self, every_n_steps: int = 200) -> None:
         self.every_n_steps = every_n_steps
+        self._before_validation: dict[str, Any] | None = None
 
     @staticmethod
     def _folder(trainer: L.Trainer) -> Path | None:
@@ -104,6 +107,14 @@ class ResumeCheckpoint(L.Callback):
                 log.warning(
                     "SIGTERM: saved %s at step %d; resume with --ckpt_path last", folder / "last.ckpt", step
                 )
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._before_validation = rng_states()  # its loaders draw worker seeds from the global generator
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._before_validation is not None:
+            set_rng_states(self._before_validation)
+            self._before_validation = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"rng": rng_states()}

@@ -17,6 +17,8 @@ from tests.conftest import REPO
 from tests.integration.test_train import write_config
 
 STEPS = ["--trainer.max_steps", "16", "--trainer.val_check_interval", "8", "--resume.every_n_steps", "2"]
+# last.ckpt only at step 8, written just before the validation of step 8, which the resumed run skips
+BEFORE_VALIDATION = ("--resume.every_n_steps", "8")
 
 
 def fit_command(config: Path, root: Path, *extra: str) -> list[str]:
@@ -97,16 +99,22 @@ HARD_BATCHES = ("--data.hard_share", "0.5", "--data.hard_neighbours", "3")
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("sig", "extra"),
-    [(signal.SIGKILL, ()), (signal.SIGTERM, ()), (signal.SIGKILL, HARD_BATCHES)],
-    ids=["sigkill", "sigterm", "sigkill-hard-negative-batches"],
+    [
+        (signal.SIGKILL, ()),
+        (signal.SIGTERM, ()),
+        (signal.SIGKILL, HARD_BATCHES),
+        (signal.SIGKILL, BEFORE_VALIDATION),
+    ],
+    ids=["sigkill", "sigterm", "sigkill-hard-negative-batches", "sigkill-checkpoint-before-validation"],
 )
 def test_killed_fit_resumes_to_the_same_end(tmp_path, synthcaps, sig, extra):
     config = write_config(tmp_path, synthcaps)
     subprocess.run(fit_command(config, tmp_path / "whole", *extra), cwd=REPO, check=True, capture_output=True)
 
     cut = tmp_path / "cut"
-    step, status = kill_midway(config, cut, sig, 5, *extra)
-    assert 5 <= step < 16
+    after_step = 8 if extra == BEFORE_VALIDATION else 5
+    step, status = kill_midway(config, cut, sig, after_step, *extra)
+    assert after_step <= step < 16
     if sig == signal.SIGTERM:  # handled: Lightning stops after the current step, last.ckpt is saved for it
         assert status == 0, status
     main(

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lacoat.models.cascade import Cascade, Side
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
@@ -66,6 +67,13 @@ class AudioTextMatcher(nn.Module):
             frames + frame): ``sinusoidal``, ``learned`` or ``none``. Projected CLAP frames carry no
             position of their own, and the order of events is what co-attention must see.
         audio_max_positions: audio tokens a ``learned`` position table covers.
+        recompute: when gradients are needed (training), keep no activations of the per-pair cascade
+            passes: each chunk of ``recompute_chunk`` pairs is recomputed in backward
+            (``torch.utils.checkpoint``, dropout masks replayed from the saved RNG state), so the
+            memory of B×B pair training grows with ``recompute_chunk``, not with B². Costs one more
+            forward of the pair passes per step; gradients are those of the plain path.
+        recompute_chunk: pairs per recomputed chunk (the activations of one such chunk are alive at a
+            time in backward). Without gradients, or with ``recompute`` off, ``pair_chunk`` applies.
     """
 
     def __init__(
@@ -79,6 +87,8 @@ class AudioTextMatcher(nn.Module):
         pair_chunk: int = 1024,
         audio_positions: Literal["sinusoidal", "learned", "none"] = "sinusoidal",
         audio_max_positions: int = 4096,
+        recompute: bool = False,
+        recompute_chunk: int = 64,
     ) -> None:
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
@@ -93,6 +103,7 @@ class AudioTextMatcher(nn.Module):
         )
         self.text_pool, self.audio_pool = make_pool(), make_pool()
         self.pair_chunk = pair_chunk
+        self.recompute, self.recompute_chunk = recompute, recompute_chunk
 
     # ---- per-item work --------------------------------------------------------------------------
     def encode_text(self, texts: list[str]) -> Tokens:
@@ -153,24 +164,47 @@ class AudioTextMatcher(nn.Module):
         """Co-attention cosine of pairs ``(text_index[p], audio_index[p])``, chunked. Returns ``[P]``.
 
         A side the cascade leaves unchanged (the leader of an iterating cascade) is pooled once per
-        item instead of once per pair.
+        item instead of once per pair. With ``recompute`` and gradients enabled, each chunk's
+        activations are dropped after forward and recomputed in backward.
         """
         static = self.cascade.static_side
         t_fixed = F.normalize(self.text_pool(text.tokens, text.mask), dim=-1) if static == "text" else None
         a_fixed = (
             F.normalize(self.audio_pool(audio.tokens, audio.mask), dim=-1) if static == "audio" else None
         )
+        recompute = self.recompute and torch.is_grad_enabled()
+        chunk = self.recompute_chunk if recompute else self.pair_chunk
         out = []
-        for start in range(0, len(text_index), self.pair_chunk):
-            ti, ai = text_index[start : start + self.pair_chunk], audio_index[start : start + self.pair_chunk]
-            t, a = text.take(ti), audio.take(ai)
-            t_out, a_out = self.cascade.pairs(t, a)  # [p, Lt, D], [p, La, D]
-            t_emb = t_fixed[ti] if t_fixed is not None else F.normalize(self.text_pool(t_out, t.mask), dim=-1)
-            a_emb = (
-                a_fixed[ai] if a_fixed is not None else F.normalize(self.audio_pool(a_out, a.mask), dim=-1)
-            )
-            out.append((t_emb * a_emb).sum(-1))
+        for start in range(0, len(text_index), chunk):
+            ti, ai = text_index[start : start + chunk], audio_index[start : start + chunk]
+            if recompute:  # saves only its inputs: the per-item sides and the chunk's indices
+                out.append(
+                    checkpoint(
+                        self._chunk_cosines, text, audio, t_fixed, a_fixed, ti, ai, use_reentrant=False
+                    )
+                )
+            else:
+                out.append(self._chunk_cosines(text, audio, t_fixed, a_fixed, ti, ai))
         return torch.cat(out) if out else text.tokens.new_zeros(0)
+
+    def _chunk_cosines(
+        self,
+        text: Side,
+        audio: Side,
+        t_fixed: Tensor | None,
+        a_fixed: Tensor | None,
+        ti: Tensor,
+        ai: Tensor,
+    ) -> Tensor:
+        """Cosines of the pairs ``(ti[p], ai[p])`` (``[p]`` each) through the cascade. Returns ``[p]``.
+
+        ``t_fixed`` / ``a_fixed``: the static side's per-item embeddings ``[B, E]``, or None.
+        """
+        t, a = text.take(ti), audio.take(ai)
+        t_out, a_out = self.cascade.pairs(t, a)  # [p, Lt, D], [p, La, D]
+        t_emb = t_fixed[ti] if t_fixed is not None else F.normalize(self.text_pool(t_out, t.mask), dim=-1)
+        a_emb = a_fixed[ai] if a_fixed is not None else F.normalize(self.audio_pool(a_out, a.mask), dim=-1)
+        return (t_emb * a_emb).sum(-1)
 
     def score_index_pairs(
         self, text: Tokens, audio: Tokens, text_index: Tensor, audio_index: Tensor

@@ -30,13 +30,13 @@ def synth_main(argv: list[str]) -> None:
 
 
 def inspect_main(argv: list[str]) -> None:
-    """``lacoat inspect --config FILE``: load the data a config points at and report what was found."""
-    from lacoat.config import instantiate_sections
+    """``lacoat inspect --config FILE [--config …] [--data.KEY VALUE …]``: load the data a config points at
+    and report what was found."""
+    from lacoat.config import parse_and_build, sections_parser
     from lacoat.data.datamodule import RetrievalDataModule
 
-    parser = ArgumentParser(prog="lacoat inspect", description="Check a data set before training on it.")
-    parser.add_argument(
-        "--config", required=True, help="YAML file with a `data:` section (any lacoat config)"
+    parser = sections_parser(
+        "lacoat inspect", "Check a data set before training on it.", {"data": RetrievalDataModule}
     )
     parser.add_argument(
         "--stages",
@@ -44,8 +44,8 @@ def inspect_main(argv: list[str]) -> None:
         default=["train", "val", "test"],
         help="splits to load",
     )
-    args = parser.parse_args(argv)
-    dm: RetrievalDataModule = instantiate_sections(args.config, {"data": RetrievalDataModule})["data"]
+    args, built = parse_and_build(parser, argv, ["data"])
+    dm: RetrievalDataModule = built["data"]
     print(f"source: {dm.source!r}")
     for stage in args.stages:
         if stage not in dm.source.splits:
@@ -69,6 +69,10 @@ def inspect_main(argv: list[str]) -> None:
 
 def index_main(argv: list[str]) -> None:
     """``lacoat index --ckpt CKPT --audio_dir DIR --out INDEX``"""
+    import sys
+
+    from jsonargparse import ActionYesNo
+
     from lacoat.retrieval.library import build_index
 
     parser = ArgumentParser(
@@ -76,52 +80,121 @@ def index_main(argv: list[str]) -> None:
     )
     parser.add_argument("--ckpt", required=True, help="checkpoint written by `lacoat fit`")
     parser.add_argument("--audio_dir", required=True, help="folder of audio files (searched recursively)")
-    parser.add_argument("--out", required=True, help="index file to create or update")
-    parser.add_argument("--batch_size", type=int, default=8, help="files encoded at once")
+    parser.add_argument("--out", required=True, help="index folder to create or update")
+    parser.add_argument("--batch_size", type=int, default=8, help="clips encoded at once")
+    parser.add_argument(
+        "--segment_seconds",
+        type=float,
+        default=30.0,
+        help="longer files are cut into segments of about this length, each indexed with its offset",
+    )
+    parser.add_argument("--min_seconds", type=float, default=0.05, help="shorter files are skipped")
+    parser.add_argument("--max_seconds", type=float, default=86400.0, help="longer files are skipped")
+    parser.add_argument(
+        "--progress",
+        action=ActionYesNo(no_prefix="no_"),
+        default=None,
+        help="progress bar (default: on a terminal)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    counts = build_index(args.ckpt, args.audio_dir, args.out, args.batch_size)
+    try:
+        report = build_index(
+            args.ckpt,
+            args.audio_dir,
+            args.out,
+            args.batch_size,
+            args.segment_seconds,
+            args.min_seconds,
+            args.max_seconds,
+            args.progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            "\nlacoat index: interrupted; files encoded so far are in the index, re-run the same command to "
+            "encode the rest",
+            file=sys.stderr,
+        )
+        sys.exit(130)
+    if report.replaced:
+        print(report.replaced)
+    skipped = sum(len(files) for files in report.skipped.values())
     print(
-        f"index {args.out}: {counts['total']} clips ({counts['encoded']} encoded, {counts['kept']} unchanged, "
-        f"{counts['removed']} removed, {counts['skipped']} unreadable skipped) in {time.perf_counter() - start:.1f} s"
+        f"index {args.out}: {report.files} files, {report.clips} clips ({report.encoded} encoded, "
+        f"{report.unchanged} unchanged, {report.removed} removed, {skipped} skipped, "
+        f"{sum(report.ignored.values())} ignored) in {time.perf_counter() - start:.1f} s"
     )
+    for reason, files in report.skipped.items():
+        first = ", ".join(repr(f) for f in files[:3]) + (", ..." if len(files) > 3 else "")
+        print(f"  skipped, {reason}: {len(files)} ({first})")
+    if report.ignored:
+        kinds = ", ".join(f"{n} {ext}" for ext, n in report.ignored.most_common(6))
+        print(f"  ignored, not audio: {sum(report.ignored.values())} ({kinds})")
 
 
 def search_main(argv: list[str]) -> None:
     """``lacoat search --index INDEX "query" [-k 10] [--json]``"""
     import json
+    import sys
 
     from lacoat.retrieval.library import search
 
     parser = ArgumentParser(prog="lacoat search", description="Find the clips of an index that match a text.")
     parser.add_argument("query", help="what the sound should be, in words")
-    parser.add_argument("--index", required=True, help="index file written by `lacoat index`")
+    parser.add_argument("--index", required=True, help="index folder written by `lacoat index`")
+    parser.add_argument(
+        "--ckpt", default=None, help="the index's checkpoint, if it moved (checked: it must be the same file)"
+    )
     parser.add_argument("-k", type=int, default=10, help="number of results")
     parser.add_argument("--rerank_k", type=int, default=64, help="clips re-scored with co-attention")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON (with absolute paths) instead of a table"
+    )
     args = parser.parse_args(argv)
-    hits = search(args.index, args.query, args.k, args.rerank_k)
-    if args.json:
-        print(json.dumps([hit.__dict__ for hit in hits], indent=1, ensure_ascii=False))
-        return
-    print(f"{'rank':>4}  {'score':>6}  {'dur/s':>5}  file")
-    for hit in hits:
-        print(f"{hit.rank:>4}  {hit.score:>6.3f}  {hit.duration:>5.1f}  {hit.file}")
+    try:
+        hits = search(args.index, args.query, args.k, args.rerank_k, args.ckpt)
+        if args.json:
+            lines = [json.dumps([hit.__dict__ for hit in hits], indent=1, ensure_ascii=False)]
+        else:
+            lines = [f"{'rank':>4}  {'score':>6}  {'dur/s':>6}  file"]
+            for hit in hits:
+                at = f"  (at {hit.start:.0f} s)" if hit.start else ""
+                lines.append(f"{hit.rank:>4}  {hit.score:>6.3f}  {hit.duration:>6.1f}  {hit.file}{at}")
+        sys.stdout.write("\n".join(lines) + "\n")
+        sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("\nlacoat search: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:  # `lacoat search ... | head`: the reader has what it wanted
+        _stdout_closed()
+
+
+def _stdout_closed() -> None:
+    """Exit quietly after the reader of stdout went away (status 141, as a program killed by SIGPIPE):
+    stdout is pointed at /dev/null so that Python's final flush does not print a traceback."""
+    import contextlib
+    import os
+    import sys
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no file descriptor (tests' capture)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(141)
 
 
 def extract_main(argv: list[str]) -> None:
-    """``lacoat extract --config FILE``: cache the outputs of the config's frozen encoders."""
-    from lacoat.config import instantiate_sections
+    """``lacoat extract --config FILE [--config …] [--KEY VALUE …]``: cache the outputs of the config's
+    frozen encoders."""
+    from lacoat.config import parse_and_build, sections_parser
     from lacoat.data.datamodule import RetrievalDataModule
     from lacoat.errors import ModelError
     from lacoat.extract import extract
     from lacoat.module import LacoatModule
 
-    parser = ArgumentParser(
-        prog="lacoat extract",
-        description="Run the frozen encoders of a config once and cache their outputs in data.feature_cache.",
+    parser = sections_parser(
+        "lacoat extract",
+        "Run the frozen encoders of a config once and cache their outputs in data.feature_cache.",
+        {"model": LacoatModule, "data": RetrievalDataModule},
     )
-    parser.add_argument("--config", required=True, help="a lacoat config with data.feature_cache set")
     parser.add_argument(
         "--stages",
         type=list[Literal["train", "val", "test"]],
@@ -131,14 +204,14 @@ def extract_main(argv: list[str]) -> None:
     parser.add_argument("--shard_size", type=int, default=256, help="items per cache file (unit of resuming)")
     parser.add_argument("--batch_size", type=int, default=16, help="items encoded at once")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    args = parser.parse_args(argv)
-    built = instantiate_sections(args.config, {"model": LacoatModule, "data": RetrievalDataModule})
+    args, built = parse_and_build(parser, argv, ["model", "data"])
     matcher = built["model"].matcher
     audio = matcher.audio_encoder if matcher.audio_encoder.frozen else None
     text = matcher.text_encoder if matcher.text_encoder.frozen else None
     if audio is None and text is None:
+        configs = " + ".join(f"'{path}'" for path in args.config or []) or "the command line"
         raise ModelError(
-            f"neither encoder of '{args.config}' is frozen, so their outputs change while training and "
+            f"neither encoder of {configs} is frozen, so their outputs change while training and "
             "cannot be cached; set frozen: true on an encoder to cache it."
         )
     for name, enc in (("audio", matcher.audio_encoder), ("text", matcher.text_encoder)):
@@ -231,6 +304,7 @@ def explain_main(argv: list[str]) -> None:
         "--layer", type=int, default=-1, help="guided-attention layer, counted from 0 (-1 = the last)"
     )
     args = parser.parse_args(argv)
+    _check_explain(args.query, args.out)
     model = load_model(args.ckpt)
     amap = attention_map(model.matcher, args.audio, args.query, layer=args.layer)
     draw_attention_map(amap, args.out)
@@ -238,6 +312,25 @@ def explain_main(argv: list[str]) -> None:
         f"{amap.layer}: {len(amap.rows)} words x {amap.weights.shape[1]} audio tokens "
         f"({amap.token_seconds * 1000:.0f} ms each), score {amap.score:.3f}; written to {args.out}"
     )
+
+
+def _check_explain(query: str, out: str) -> None:
+    """Refuse, before any work, an empty query or an image format matplotlib cannot write."""
+    from pathlib import Path
+
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from lacoat.errors import LacoatError
+
+    if not query.strip():
+        raise LacoatError('the query is empty; type the words to map, e.g. "a dog barks in the rain".')
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise LacoatError(
+            f"--out '{out}': cannot draw a '.{suffix}' image; end the name with one of "
+            f"{', '.join('.' + f for f in sorted(formats))} (e.g. map.png)."
+        )
 
 
 def download_main(argv: list[str]) -> None:

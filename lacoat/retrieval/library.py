@@ -1,53 +1,265 @@
 """Search a sound library: an incremental index of audio features and two-stage text search.
 
-The index stores, per audio file, the model's projected audio tokens (fp16) and its bi-encoder
-embedding, keyed by the file's relative path, size and modification time, together with the
-fingerprint of the checkpoint that encoded them. Re-indexing encodes only new or changed files and
-drops removed ones; a different checkpoint re-encodes everything. A search embeds the query, lets the
-bi-encoder shortlist ``rerank_k`` clips and re-scores them with the co-attention cascade.
+``build_index`` encodes every file under a folder that the audio reader can decode (see
+``AUDIO_EXTENSIONS``) and stores, per clip, the model's projected audio tokens and its bi-encoder
+embedding in an ``IndexStore`` (a folder read lazily). The index records the checkpoint's content
+fingerprint and model settings: a search with any other checkpoint is refused, never silently
+ranked by another model.
+
+Long recordings are cut into segments of about ``segment_seconds`` (whole encoder windows), each
+indexed with its offset, rather than skipped: a result then points at the moment in the recording,
+a clip's embedding describes a stretch of sound the size the model was trained on, and memory and
+time per encoded item do not depend on a file's length. Files are read as a stream (block by
+block, resampled by a streaming resampler), so a file is never held whole in memory either.
+
+A search embeds the query, lets the bi-encoder shortlist ``rerank_k`` clips (one matrix product
+over the memory-mapped embeddings) and re-scores them with the co-attention cascade; the rest
+follow just below, in bi-encoder order (``after_shortlist``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
+import shutil
+import sys
 from argparse import ArgumentError
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from lacoat.data.collate import collate
-from lacoat.data.datasets import AudioLoader
-from lacoat.data.features import file_stat
 from lacoat.errors import AudioReadError, LacoatError
-from lacoat.io import atomic_torch_save
-from lacoat.models.encoders.base import file_fingerprint
-from lacoat.models.matcher import Tokens, after_shortlist
+from lacoat.retrieval.store import ClipVectors, IndexStore
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from lacoat.models.matcher import AudioTextMatcher
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".mp3"}
-INDEX_VERSION = 1
+# file-name extensions of the formats libsndfile decodes (soundfile.available_formats(): WAV, AIFF,
+# AU, FLAC, OGG (Vorbis, Opus), MP3, CAF, W64, RF64, ...); RAW is left out: it has no header to check
+AUDIO_EXTENSIONS = frozenset(
+    [
+        ".wav",
+        ".wave",
+        ".bwf",
+        ".aif",
+        ".aiff",
+        ".aifc",
+        ".au",
+        ".snd",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".caf",
+        ".w64",
+        ".rf64",
+        ".avr",
+        ".htk",
+        ".iff",
+        ".svx",
+        ".8svx",
+        ".mat",
+        ".mpc",
+        ".paf",
+        ".pvf",
+        ".sd2",
+        ".sds",
+        ".sf",
+        ".ircam",
+        ".voc",
+        ".nist",
+        ".sph",
+        ".wve",
+        ".xi",
+    ]
+)
 
 
 @dataclass
 class SearchHit:
-    """One search result."""
+    """One search result.
+
+    Attributes:
+        rank: 1 = best.
+        score: fused co-attention score (a cosine-like value; monotone in rank).
+        file: path relative to the library folder.
+        path: absolute path.
+        start: offset of the clip in the file (s; 0 unless a long recording was cut into segments).
+        duration: clip duration (s).
+    """
 
     rank: int
     score: float
     file: str
+    path: str
+    start: float
     duration: float
 
 
+@dataclass
+class IndexReport:
+    """What ``build_index`` did, in files (a long recording counts once, however many segments).
+
+    Attributes:
+        encoded: files encoded in this run; unchanged: files kept as they were; removed: files gone
+            from the folder (or replaced with the index); skipped: reason → files not indexed;
+            ignored: extension → number of files that are not audio; files / clips: in the index now;
+            replaced: what an index of another checkpoint or folder held, when it was replaced.
+    """
+
+    encoded: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    skipped: dict[str, list[str]] = field(default_factory=dict)
+    ignored: Counter = field(default_factory=Counter)
+    files: int = 0
+    clips: int = 0
+    replaced: str | None = None
+
+    def counts(self) -> dict[str, int]:
+        """Flat counts, for messages and tests."""
+        return {
+            "encoded": self.encoded,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            **{f"skipped {reason}": len(files) for reason, files in self.skipped.items()},
+            "ignored": sum(self.ignored.values()),
+            "files": self.files,
+            "clips": self.clips,
+        }
+
+
+# ---- checkpoints -------------------------------------------------------------------------------
+def checkpoint_fingerprint(path: str | Path) -> str:
+    """Content fingerprint of a checkpoint: size plus its first and last MiB.
+
+    A checkpoint is a zip archive whose central directory, at its end, holds a CRC-32 of every
+    stored tensor, so any change of weights changes the last MiB; hashing those is enough and keeps
+    ``lacoat search`` fast for large checkpoints.
+    """
+    from lacoat.models.encoders.base import file_fingerprint
+
+    return file_fingerprint(_checkpoint_path(path))
+
+
+def _checkpoint_path(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise LacoatError(f"checkpoint {what}: '{path}'. Pass a .ckpt file written by `lacoat fit`.")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The contents of a checkpoint written by ``lacoat fit`` (memory-mapped tensors, no Lightning).
+
+    Raises:
+        LacoatError: missing, not a PyTorch file, or without the model settings ``lacoat fit`` stores.
+    """
+    import torch
+
+    path = _checkpoint_path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # pickle, zip or format errors of a file that is not a checkpoint
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LacoatError(
+            f"'{path}' is not a checkpoint written by `lacoat fit` ({first[:200]}); pass its .ckpt file."
+        ) from err
+    if not isinstance(ckpt, dict) or "matcher" not in ckpt.get("hyper_parameters", {}):
+        raise LacoatError(
+            f"'{path}' holds no lacoat model settings (hyper_parameters.matcher); pass a .ckpt file "
+            "written by `lacoat fit`."
+        )
+    return ckpt
+
+
+def model_settings(ckpt: dict) -> dict:
+    """The settings an index records: the matcher's configuration and the score fusion weight."""
+    hparams = ckpt["hyper_parameters"]
+    return {"matcher": hparams["matcher"], "fusion_alpha": float(hparams.get("fusion_alpha", 0.0))}
+
+
+def _absent(dim: int) -> nn.Module:
+    """Stands in for the encoder a task does not run (search needs no audio encoder, indexing no
+    text encoder): it only tells the matcher its width, and keeps a heavy import from happening."""
+    from torch import nn
+
+    module = nn.Module()
+    module.dim = dim
+    return module
+
+
+def _class(class_path: str) -> type:
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def _instantiate(config: object) -> object:
+    """Build a ``{"class_path": ..., "init_args": {...}}`` configuration (nested), as LightningCLI did."""
+    if isinstance(config, dict) and "class_path" in config:
+        return _class(config["class_path"])(
+            **{k: _instantiate(v) for k, v in config.get("init_args", {}).items()}
+        )
+    return config
+
+
+def load_matcher(checkpoint: str | Path, side: Literal["audio", "text"]) -> tuple[AudioTextMatcher, dict]:
+    """The matcher of a checkpoint, in eval mode on the CPU, with one encoder only.
+
+    Args:
+        checkpoint: a .ckpt written by ``lacoat fit``.
+        side: ``audio`` builds the audio encoder (indexing), ``text`` the text encoder (search);
+            the other is a placeholder of the same width and its weights are not loaded.
+
+    Returns:
+        The matcher and ``model_settings`` of the checkpoint.
+    """
+    ckpt = read_checkpoint(checkpoint)
+    settings = model_settings(ckpt)
+    state = {k.removeprefix("matcher."): v for k, v in ckpt["state_dict"].items() if k.startswith("matcher.")}
+    skip = "text_encoder" if side == "audio" else "audio_encoder"
+    proj = "text_proj" if side == "audio" else "audio_proj"
+    config = settings["matcher"]
+    try:
+        init = {k: _instantiate(v) for k, v in config["init_args"].items() if k != skip}
+        init[skip] = _absent(state[f"{proj}.0.weight"].shape[1])
+        matcher = _class(config["class_path"])(**init)
+        missing, unexpected = matcher.load_state_dict(
+            {k: v for k, v in state.items() if not k.startswith(f"{skip}.")}, strict=False
+        )
+    except (KeyError, TypeError, ValueError, RuntimeError, ImportError, AttributeError) as err:
+        raise LacoatError(
+            f"cannot rebuild the model of '{checkpoint}' from its settings ({err}); was it written by this "
+            "lacoat version's `lacoat fit`?"
+        ) from err
+    if missing or unexpected:
+        raise LacoatError(
+            f"the weights of '{checkpoint}' do not fit its model settings (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); pass a checkpoint written by `lacoat fit`."
+        )
+    return matcher.eval(), settings
+
+
 def load_model(checkpoint: str | Path):
-    """The ``LacoatModule`` of a checkpoint written by ``lacoat fit``, in eval mode on the CPU."""
+    """The whole ``LacoatModule`` of a checkpoint written by ``lacoat fit``, in eval mode on the CPU
+    (``lacoat explain``; an index and a search need only ``load_matcher``, which skips Lightning)."""
     from lacoat.module import LacoatModule
 
     path = Path(checkpoint)
-    if not path.is_file():
-        raise LacoatError(f"checkpoint not found: '{path}'. Pass a .ckpt file written by `lacoat fit`.")
+    read_checkpoint(path)  # a clear error for a missing or foreign file
     try:
         model = LacoatModule.load_from_checkpoint(str(path), map_location="cpu")
     except (KeyError, TypeError, ValueError, ArgumentError) as err:  # jsonargparse: hparams incomplete
@@ -57,165 +269,493 @@ def load_model(checkpoint: str | Path):
     return model.eval()
 
 
-def audio_files(folder: Path) -> list[str]:
-    """Audio files under ``folder`` (recursively), as sorted paths relative to it."""
-    return sorted(
-        str(p.relative_to(folder))
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS
-    )
+# ---- the library folder ------------------------------------------------------------------------
+@dataclass
+class _Scan:
+    """Files under a library folder: audio candidates, broken links, ignored extensions."""
+
+    audio: list[str] = field(default_factory=list)
+    broken: list[str] = field(default_factory=list)
+    ignored: Counter = field(default_factory=Counter)
 
 
-def read_index(path: str | Path) -> dict:
-    """Load an index file, with a clear error for a missing or unreadable one."""
-    path = Path(path)
-    if not path.is_file():
-        raise LacoatError(
-            f"index not found: '{path}'. Build it with `lacoat index --ckpt CKPT --audio_dir DIR --out {path}`."
-        )
+def scan_folder(folder: Path, exclude: Path | None = None) -> _Scan:
+    """Walk ``folder`` (following links to folders; ``exclude``, e.g. the index itself, left out)."""
+    found = _Scan()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if exclude is None or Path(root, d).resolve() != exclude)
+        for name in names:
+            path = Path(root, name)
+            rel = str(path.relative_to(folder))
+            if path.suffix.lower() not in AUDIO_EXTENSIONS:
+                found.ignored[path.suffix.lower() or "(no extension)"] += 1
+            elif path.is_symlink() and not path.exists():
+                found.broken.append(rel)
+            elif path.is_file():
+                found.audio.append(rel)
+    found.audio.sort()
+    return found
+
+
+def _probe(path: Path, min_seconds: float, max_seconds: float) -> tuple[str | None, float]:
+    """``(skip reason or None, duration in s)`` of a file, from its header."""
+    from lacoat.data.audio import audio_info
+
+    if not os.access(path, os.R_OK):
+        return "permission", 0.0
     try:
-        index = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign file
-        raise LacoatError(f"cannot read index '{path}' ({err}); rebuild it with `lacoat index`.") from err
-    if not isinstance(index, dict) or index.get("version") != INDEX_VERSION:
+        info = audio_info(path)
+    except AudioReadError as err:
+        log.warning("skipped: %s", err)
+        return "unreadable", 0.0
+    except PermissionError:
+        return "permission", 0.0
+    duration = info.frames / info.samplerate
+    if duration < min_seconds:
+        return "too short", duration
+    if duration > max_seconds:
+        return "too long", duration
+    return None, duration
+
+
+def read_segments(
+    path: Path, sample_rate: int, segment_samples: int, block_seconds: float = 4.0
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Stream a file as mono float32 segments at ``sample_rate``: ``(start sample, [S_i] samples)``.
+
+    Segments are ``segment_samples`` long, except the last, which takes the rest: between half and
+    one and a half segments (a file shorter than that is one segment). The file is read in blocks of
+    ``block_seconds`` and resampled with soxr's streaming resampler, so memory stays bounded.
+
+    Raises:
+        AudioReadError: the stream cannot be decoded or holds NaN or infinite samples.
+    """
+    import soundfile as sf
+    import soxr
+
+    def decoded() -> Iterator[np.ndarray]:
+        with sf.SoundFile(str(path)) as handle:
+            resampler = (
+                soxr.ResampleStream(handle.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
+                if handle.samplerate != sample_rate
+                else None
+            )
+            for block in handle.blocks(
+                blocksize=int(block_seconds * handle.samplerate), dtype="float32", always_2d=True
+            ):
+                mono = block.mean(axis=1)  # [T]
+                yield mono if resampler is None else resampler.resample_chunk(mono)
+            if resampler is not None:
+                yield resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True)
+
+    pending: list[np.ndarray] = []
+    held, start = 0, 0
+    try:
+        for chunk in decoded():
+            if not np.all(np.isfinite(chunk)):
+                raise AudioReadError(f"audio file '{path}' decodes to NaN or infinite samples; re-encode it.")
+            pending.append(chunk)
+            held += len(chunk)
+            while held >= 2 * segment_samples:  # the rest is long enough to stand alone
+                wave = np.concatenate(pending)
+                yield start, wave[:segment_samples]
+                pending, held, start = (
+                    [wave[segment_samples:]],
+                    held - segment_samples,
+                    start + segment_samples,
+                )
+    except (RuntimeError, sf.LibsndfileError) as err:
+        raise AudioReadError(
+            f"cannot decode audio file '{path}' ({err}); it is corrupt or truncated."
+        ) from err
+    wave = np.concatenate(pending) if pending else np.zeros(0, dtype=np.float32)
+    if held > 1.5 * segment_samples:
+        yield start, wave[:segment_samples]
+        start, wave = start + segment_samples, wave[segment_samples:]
+    if len(wave):
+        yield start, wave
+
+
+# ---- building ----------------------------------------------------------------------------------
+def _prepare_store(
+    out: Path, folder: Path, checkpoint: Path, fingerprint: str, report: IndexReport
+) -> IndexStore | None:
+    """Open ``out`` for an incremental update, or None when a new index must be created there
+    (replacing one of another checkpoint or folder: ``report.replaced`` says what it held)."""
+    if out.is_file():
         raise LacoatError(
-            f"'{path}' is not a lacoat index of version {INDEX_VERSION}; rebuild it with `lacoat index`."
+            f"--out '{out}' is a file; an index is a folder (one from an earlier lacoat version was a file): "
+            "pass a new folder name, or delete the file."
         )
-    return index
+    if not IndexStore.is_index(out):
+        if out.is_dir() and any(out.iterdir()):
+            raise LacoatError(
+                f"--out '{out}' is a folder that is not a lacoat index; pass a new (or empty) folder name."
+            )
+        return None
+    store = IndexStore.open(out, write=True)
+    meta = store.meta
+    if meta["checkpoint_fingerprint"] == fingerprint and meta["audio_dir"] == str(folder):
+        if meta["checkpoint"] != str(checkpoint):
+            log.info(
+                "checkpoint moved: %s -> %s (same fingerprint), recorded", meta["checkpoint"], checkpoint
+            )
+            store.set_meta(checkpoint=str(checkpoint))
+        return store
+    files = len(store.file_stats())
+    why = "another checkpoint" if meta["checkpoint_fingerprint"] != fingerprint else "another folder"
+    report.replaced = (
+        f"replaced (built with {why}): {files} files of '{meta['audio_dir']}' encoded with "
+        f"'{meta['checkpoint']}' (fingerprint {meta['checkpoint_fingerprint']})"
+    )
+    report.removed = files
+    store.close()
+    shutil.rmtree(out)
+    return None
 
 
-def build_index(checkpoint: str, audio_dir: str, out: str, batch_size: int = 8) -> dict[str, int]:
-    """Create or update the index ``out`` of every audio file under ``audio_dir``.
+def _widths(matcher: AudioTextMatcher) -> dict[str, int]:
+    """``embed_dim`` (E) and ``token_dim`` (D) of the vectors a matcher stores."""
+    import torch
+
+    from lacoat.models.matcher import Tokens
+
+    token_dim = matcher.audio_proj[0].out_features
+    with torch.inference_mode():
+        probe = Tokens(torch.zeros(1, 1, token_dim), torch.ones(1, 1, dtype=torch.bool))
+        embed_dim = matcher.embed_audio(probe).shape[-1]
+    return {"embed_dim": int(embed_dim), "token_dim": int(token_dim)}
+
+
+class _Encoder:
+    """Encodes clips in batches and commits each file once all its clips are encoded.
+
+    A file is the unit of resuming: its clips reach the store together, in the first commit after
+    its last one is encoded.
+    """
+
+    def __init__(
+        self,
+        matcher: AudioTextMatcher,
+        store: IndexStore,
+        stats: dict[str, tuple[int, int]],
+        batch_size: int,
+        report: IndexReport,
+    ) -> None:
+        self.matcher, self.store, self.stats, self.batch_size, self.report = (
+            matcher,
+            store,
+            stats,
+            batch_size,
+            report,
+        )
+        self.pending: list[tuple[str, float, object]] = []  # (file, start s, AudioWindows)
+        self.encoded: dict[str, list[ClipVectors]] = {}
+        self.finished: list[str] = []
+
+    def add(self, name: str, start: float, windows: object) -> None:
+        """Queue one clip of ``name``, first encoding the queue if it is full (after the files
+        queued so far were marked done, so that they are committed with it)."""
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+        self.pending.append((name, start, windows))
+
+    def file_done(self, name: str) -> None:
+        """All clips of ``name`` are queued; it is committed once they are encoded."""
+        self.finished.append(name)
+
+    def drop(self, name: str) -> None:
+        """Forget the clips of a file that failed part-way."""
+        self.pending = [p for p in self.pending if p[0] != name]
+        self.encoded.pop(name, None)
+
+    def flush(self) -> None:
+        """Encode the queued clips, then commit every finished file."""
+        from lacoat.data.collate import collate
+
+        if self.pending:
+            batch = collate(
+                [{"audio": w.waveform, "valid_samples": w.valid_samples} for _, _, w in self.pending]
+            )
+            audio, valid = batch["audio"], batch["audio_valid"]  # [B, W, S], [B, W]
+            feats = self.matcher.encode_audio(audio, valid)  # tokens [B, T, D], mask [B, T]
+            emb = self.matcher.embed_audio(feats).numpy()  # [B, E]
+            rate = self.matcher.audio_encoder.sample_rate
+            for i, (name, start, _) in enumerate(self.pending):
+                size, mtime = self.stats[name]
+                self.encoded.setdefault(name, []).append(
+                    ClipVectors(
+                        file=name,
+                        start=start,
+                        duration=float(valid[i].sum()) / rate,
+                        size=size,
+                        mtime_ns=mtime,
+                        embedding=emb[i],
+                        tokens=feats.tokens[i][feats.mask[i]].numpy(),  # [T_valid, D]
+                    )
+                )
+            self.pending = []
+        self.store.add([clip for name in self.finished for clip in self.encoded.pop(name, [])])
+        self.report.encoded += len(self.finished)
+        self.finished = []
+
+
+def build_index(
+    checkpoint: str,
+    audio_dir: str,
+    out: str,
+    batch_size: int = 8,
+    segment_seconds: float = 30.0,
+    min_seconds: float = 0.05,
+    max_seconds: float = 24 * 3600.0,
+    progress: bool | None = None,
+) -> IndexReport:
+    """Create or update the index folder ``out`` of every audio file under ``audio_dir``.
 
     Files whose size and modification time are unchanged since the last run with the same checkpoint
-    are not re-encoded; removed files are dropped; unreadable files are skipped and counted.
-
-    Returns:
-        Counts: ``encoded``, ``kept``, ``removed``, ``skipped``, ``total``.
-    """
-    folder = Path(audio_dir)
-    if not folder.is_dir():
-        raise LacoatError(f"audio folder not found: '{folder}'")
-    model_id = file_fingerprint(Path(checkpoint))
-    old: dict[str, dict] = {}
-    if Path(out).is_file():
-        previous = read_index(out)
-        if previous["model_id"] == model_id and previous["audio_dir"] == str(folder.resolve()):
-            old = {entry["file"]: entry for entry in previous["entries"]}
-    names = audio_files(folder)
-    entries, todo = [], []
-    for name in names:
-        size, mtime = file_stat(folder / name)
-        entry = old.get(name)
-        if entry is not None and (entry["size"], entry["mtime_ns"]) == (size, mtime):
-            entries.append(entry)
-        else:
-            todo.append(name)
-    model = load_model(checkpoint) if todo else None
-    skipped = 0
-    for start in range(0, len(todo), batch_size):
-        new, skipped_now = _encode(model, folder, todo[start : start + batch_size])
-        entries.extend(new)
-        skipped += skipped_now
-    entries.sort(key=lambda e: e["file"])
-    index = {
-        "version": INDEX_VERSION,
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "model_id": model_id,
-        "audio_dir": str(folder.resolve()),
-        "entries": entries,
-    }
-    atomic_torch_save(index, out)
-    return {
-        "encoded": len(todo) - skipped,
-        "kept": len(names) - len(todo),
-        "removed": len(set(old) - set(names)),
-        "skipped": skipped,
-        "total": len(entries),
-    }
-
-
-@torch.no_grad()
-def _encode(model, folder: Path, names: list[str]) -> tuple[list[dict], int]:
-    """Encode a batch of files: projected tokens (fp16, valid ones only) and bi-encoder embeddings."""
-    encoder = model.matcher.audio_encoder
-    loader = AudioLoader(encoder.sample_rate, encoder.window_seconds)
-    windows, kept = [], []
-    for name in names:
-        try:
-            windows.append(loader.load(str(folder / name)))
-            kept.append(name)
-        except AudioReadError as err:
-            log.warning("skipped: %s", err)
-    if not kept:
-        return [], len(names)
-    batch = collate([{"audio": w.waveform, "valid_samples": w.valid_samples} for w in windows])
-    audio, valid = batch["audio"], batch["audio_valid"]  # [B, W, S], [B, W]
-    feats = model.matcher.encode_audio(audio, valid)
-    emb = model.matcher.embed_audio(feats)
-    out = []
-    for i, name in enumerate(kept):
-        size, mtime = file_stat(folder / name)
-        mask = feats.mask[i]
-        out.append(
-            {
-                "file": name,
-                "size": size,
-                "mtime_ns": mtime,
-                "duration": float(valid[i].sum()) / encoder.sample_rate,
-                "tokens": feats.tokens[i][mask].half().clone(),  # [T_valid, D]
-                "embedding": emb[i].clone(),  # [E]
-            }
-        )
-    return out, len(names) - len(kept)
-
-
-def _gallery(entries: list[dict]) -> Tokens:
-    """Stored tokens of ``entries`` as one padded batch."""
-    return Tokens.cat(
-        [
-            Tokens(e["tokens"].float()[None], torch.ones(1, len(e["tokens"]), dtype=torch.bool))
-            for e in entries
-        ]
-    )
-
-
-@torch.no_grad()
-def search(index_path: str, query: str, k: int = 10, rerank_k: int = 64, model=None) -> list[SearchHit]:
-    """The ``k`` best clips of the index for ``query``: bi-encoder shortlist, co-attention re-score.
+    and folder are kept; removed files are dropped; other files are encoded and committed batch by
+    batch, so an interrupted build keeps its work and the next run encodes only the rest. An index
+    of another checkpoint or folder at ``out`` is replaced (``report.replaced`` says what it held).
 
     Args:
-        index_path: file written by ``build_index``.
-        query: free text.
-        k: results to return.
-        rerank_k: clips the bi-encoder shortlists for the cascade (ignored without a cascade).
-        model: the index's model, when already loaded (else it is loaded from the stored checkpoint).
+        checkpoint: a .ckpt written by ``lacoat fit``.
+        audio_dir: the library folder (searched recursively, links followed).
+        out: index folder to create or update.
+        batch_size: clips (files or segments) encoded at once; batches are grouped by length.
+        segment_seconds: longer files are cut into segments of about this length (rounded down to
+            whole encoder windows), each indexed with its offset; this bounds memory per clip.
+        min_seconds: shorter files are skipped (``too short``).
+        max_seconds: longer files are skipped (``too long``; default a day, which is hours to encode).
+        progress: show a progress bar (None: when stderr is a terminal).
+
+    Raises:
+        LacoatError: missing folder or checkpoint, a folder without audio, ``out`` not an index,
+            a value out of range.
     """
-    index = read_index(index_path)
-    entries = index["entries"]
-    if not entries:
+    import torch
+    from tqdm import tqdm
+
+    from lacoat.data.audio import cut_windows
+    from lacoat.data.features import file_stat
+
+    for name, value in (("batch_size", batch_size), ("segment_seconds", segment_seconds)):
+        if value <= 0:
+            raise LacoatError(f"--{name} must be positive, got {value}")
+    folder, out_path = Path(audio_dir).resolve(), Path(out).resolve()
+    if not folder.is_dir():
+        raise LacoatError(f"audio folder not found: '{audio_dir}'")
+    ckpt_path = _checkpoint_path(checkpoint).resolve()
+    fingerprint = checkpoint_fingerprint(ckpt_path)
+    found = scan_folder(folder, exclude=out_path)
+    if not found.audio and not found.broken:
+        ignored = ", ".join(f"{n} {ext}" for ext, n in found.ignored.most_common(5))
         raise LacoatError(
-            f"index '{index_path}' holds no clips; check the audio folder and re-run `lacoat index`."
+            f"no audio files under '{audio_dir}'"
+            + (f" (ignored: {ignored})" if ignored else " (the folder is empty)")
+            + f"; formats read: {', '.join(sorted(AUDIO_EXTENSIONS))}. Nothing was indexed."
         )
+    report = IndexReport(ignored=found.ignored)
+    if found.broken:
+        report.skipped["broken link"] = found.broken
+    store = _prepare_store(out_path, folder, ckpt_path, fingerprint, report)
+    stats = {name: file_stat(folder / name) for name in found.audio}
+    if store is not None:
+        known = store.file_stats()
+        gone = sorted(set(known) - set(stats))
+        changed = [n for n in stats if n in known and known[n] != stats[n]]
+        report.removed = len(gone)
+        store.remove(gone + changed)
+        report.unchanged = sum(1 for n in stats if known.get(n) == stats[n])
+    todo = [n for n in found.audio if store is None or known.get(n) != stats[n]]
+
+    probed = []
+    for name in todo:
+        reason, duration = _probe(folder / name, min_seconds, max_seconds)
+        if reason is None:
+            probed.append((duration, name))
+        else:
+            report.skipped.setdefault(reason, []).append(name)
+    probed.sort()  # by length: a batch holds clips of similar length, so little padding
+
+    matcher, settings = load_matcher(ckpt_path, "audio") if probed or store is None else (None, None)
+    if store is None:
+        store = IndexStore.create(
+            out_path,
+            {
+                "checkpoint": str(ckpt_path),
+                "checkpoint_fingerprint": fingerprint,
+                "model": settings,
+                "audio_dir": str(folder),
+                "segment_seconds": segment_seconds,
+                **_widths(matcher),
+            },
+        )
+    if probed:
+        encoder = matcher.audio_encoder
+        seg_windows = max(1, math.floor(segment_seconds / encoder.window_seconds))
+        encode = _Encoder(matcher, store, stats, batch_size, report)
+        bar = tqdm(
+            total=round(sum(d for d, _ in probed)),
+            unit="s",
+            desc="encoding (s of audio)",
+            disable=None if progress is None else not progress,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        with torch.inference_mode(), bar:
+            for duration, name in probed:
+                try:
+                    for start, wave in read_segments(
+                        folder / name, encoder.sample_rate, seg_windows * encoder.window_samples
+                    ):
+                        encode.add(
+                            name, start / encoder.sample_rate, cut_windows(wave, encoder.window_samples)
+                        )
+                    encode.file_done(name)
+                except AudioReadError as err:
+                    log.warning("skipped: %s", err)
+                    encode.drop(name)
+                    report.skipped.setdefault("unreadable", []).append(name)
+                bar.update(duration)
+                bar.set_postfix_str(f"{report.encoded}/{len(probed)} files committed", refresh=False)
+            encode.flush()
+    if store.dead_fraction() > 0.5:
+        store.compact()
+    report.files = len(store.file_stats())
+    report.clips = len(store.clips())
+    store.close()
+    return report
+
+
+# ---- searching ---------------------------------------------------------------------------------
+class Library:
+    """An index opened for searching, with the text side of its model loaded once (``lacoat search``
+    runs one query; ``lacoat serve`` keeps a ``Library`` for every request).
+
+    Args:
+        index: index folder written by ``build_index``.
+        checkpoint: the checkpoint, when it is no longer where the index says (it must be the same
+            file: its fingerprint is checked).
+
+    Raises:
+        LacoatError: the index is missing, unreadable or empty; the checkpoint is missing or is not
+            the one the index was built with.
+    """
+
+    def __init__(self, index: str | Path, checkpoint: str | Path | None = None) -> None:
+        import torch
+
+        self.store = IndexStore.open(index)
+        meta = self.store.meta
+        ckpt = Path(checkpoint if checkpoint is not None else meta["checkpoint"])
+        redo = f"lacoat index --ckpt CKPT --audio_dir '{meta['audio_dir']}' --out '{index}'"
+        if checkpoint is None and not ckpt.is_file():
+            raise LacoatError(
+                f"the checkpoint index '{index}' was built with is gone from '{ckpt}': if it moved, pass "
+                f"its new path with --ckpt PATH; otherwise re-index with `{redo}`."
+            )
+        fingerprint = checkpoint_fingerprint(ckpt)
+        if fingerprint != meta["checkpoint_fingerprint"]:
+            raise LacoatError(
+                f"checkpoint '{ckpt}' (fingerprint {fingerprint}) is not the one index '{index}' was built "
+                f"with (fingerprint {meta['checkpoint_fingerprint']}; overwritten, or another model): pass "
+                f"the original with --ckpt PATH, or re-index with `{redo}`."
+            )
+        self.clips = self.store.clips()
+        if not len(self.clips):
+            raise LacoatError(
+                f"index '{index}' holds no clips; check the audio folder and re-run `lacoat index`."
+            )
+        self.folder = Path(meta["audio_dir"])
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar on every query otherwise
+        self.matcher, settings = load_matcher(ckpt, "text")
+        self.fusion_alpha = settings["fusion_alpha"]
+        emb = np.asarray(self.store.embeddings()[self.clips.emb_row], dtype=np.float32)
+        self.embeddings = torch.from_numpy(emb)  # [N, E]; tokens stay on disk until shortlisted
+
+    def close(self) -> None:
+        """Close the index."""
+        self.store.close()
+
+    def _gallery(self, rows: list[int]):
+        """Stored tokens of clips ``rows`` as one padded ``Tokens`` batch ``[K, T_max, D]``."""
+        import torch
+
+        from lacoat.models.matcher import Tokens
+
+        tokens = self.store.token_matrix()
+        parts = []
+        for i in rows:
+            start, count = int(self.clips.tok_start[i]), int(self.clips.tok_count[i])
+            block = torch.from_numpy(np.asarray(tokens[start : start + count], dtype=np.float32))  # [T_i, D]
+            parts.append(Tokens(block[None], torch.ones(1, count, dtype=torch.bool)))
+        return Tokens.cat(parts)
+
+    def scores(self, query: str, rerank_k: int) -> Tensor:
+        """Two-stage scores ``[N]`` of every clip for ``query`` (monotone, no internal offset)."""
+        import torch
+
+        from lacoat.models.matcher import after_shortlist
+
+        with torch.inference_mode():
+            text = self.matcher.encode_text([query])
+            bi = self.matcher.embed_text(text) @ self.embeddings.T  # [1, N]
+            if self.matcher.cascade is None:
+                return bi[0]
+            shortlist = bi[0].topk(min(rerank_k, bi.shape[1])).indices  # [K]
+            gallery = self._gallery(shortlist.tolist())
+            co = self.matcher.score_candidates(text, gallery, torch.arange(len(shortlist))[None])  # [1, K]
+            in_list = torch.zeros_like(bi, dtype=torch.bool)
+            in_list[0, shortlist] = True
+            fused = torch.zeros_like(bi)
+            fused[0, shortlist] = co[0].float() + self.fusion_alpha * bi[0, shortlist]
+            return after_shortlist(fused, bi, in_list, dim=1)[0]  # the rest just below, in order
+
+    def search(self, query: str, k: int = 10, rerank_k: int = 64) -> list[SearchHit]:
+        """The ``k`` best clips for ``query``: bi-encoder shortlist of ``rerank_k``, co-attention re-score.
+
+        Raises:
+            LacoatError: an empty query, ``k`` or ``rerank_k`` below 1.
+        """
+        check_query(query, k, rerank_k)
+        scores = self.scores(query, rerank_k)
+        top = scores.topk(min(k, len(scores)))
+        return [
+            SearchHit(
+                rank=r + 1,
+                score=round(float(s), 6),
+                file=self.clips.file[i],
+                path=str(self.folder / self.clips.file[i]),
+                start=round(float(self.clips.start[i]), 3),
+                duration=round(float(self.clips.duration[i]), 3),
+            )
+            for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
+        ]
+
+
+def check_query(query: str, k: int, rerank_k: int) -> None:
+    """Raise ``LacoatError`` for an empty query or a result count below 1."""
     if not query.strip():
         raise LacoatError(
             'the query is empty; type what the sound should be, e.g. "a dog barks in the rain".'
         )
-    model = model or load_model(index["checkpoint"])
-    text = model.matcher.encode_text([query])
-    bi = model.matcher.embed_text(text) @ torch.stack([e["embedding"] for e in entries]).T  # [1, N]
-    scores: Tensor = bi[0]
-    if model.matcher.cascade is not None:
-        shortlist = bi[0].topk(min(rerank_k, len(entries))).indices  # [K]
-        gallery = _gallery([entries[i] for i in shortlist.tolist()])
-        co = model.matcher.score_candidates(text, gallery, torch.arange(len(shortlist))[None])  # [1, K]
-        in_list = torch.zeros_like(bi[0], dtype=torch.bool)
-        in_list[shortlist] = True
-        fused = torch.zeros_like(bi[0])
-        fused[shortlist] = co[0] + model.fusion_alpha * bi[0, shortlist]
-        scores = after_shortlist(fused[None], bi, in_list[None], dim=1)[0]  # the rest just below, in order
-    top = scores.topk(min(k, len(entries)))
-    return [
-        SearchHit(rank=r + 1, score=float(s), file=entries[i]["file"], duration=entries[i]["duration"])
-        for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
-    ]
+    if k < 1:
+        raise LacoatError(f"-k must be at least 1 (results to show), got {k}")
+    if rerank_k < 1:
+        raise LacoatError(
+            f"--rerank_k must be at least 1 (clips re-scored with co-attention), got {rerank_k}"
+        )
+
+
+def search(
+    index_path: str, query: str, k: int = 10, rerank_k: int = 64, checkpoint: str | None = None
+) -> list[SearchHit]:
+    """One query against an index (opens it and loads its model: use ``Library`` for many queries)."""
+    check_query(query, k, rerank_k)
+    library = Library(index_path, checkpoint)
+    try:
+        return library.search(query, k, rerank_k)
+    finally:
+        library.close()

@@ -35,6 +35,7 @@ from lacoat.augment.store import Answer, AnswerStore, now
 from lacoat.augment.validate import Limits, select
 from lacoat.data.table import Policy
 from lacoat.errors import DataError, ModelError
+from lacoat.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -298,9 +299,8 @@ def estimate_tokens(backend: Backend, captions: list[str], n: int) -> tuple[int,
 
 def write_atomic(df: pd.DataFrame, path: Path) -> None:
     """Write ``df`` as CSV to ``path`` through a temporary file, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as handle:
+        df.to_csv(handle, index=False)
 
 
 def write_outputs(

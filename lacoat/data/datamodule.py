@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from lacoat.contracts import CachedAudioEncoder, CachedEncoder, ModelFacts
 from lacoat.data.audio import audio_info
 from lacoat.data.batches import EpochShuffle, NeighbourBatchSampler, caption_neighbours
 from lacoat.data.collate import collate
@@ -30,7 +31,6 @@ from lacoat.data.report import STAGE_OF_RUNNING, publish
 from lacoat.data.source import CaptionSource
 from lacoat.data.table import CaptionRules, Policy, read_augmented, read_multi_positive
 from lacoat.errors import AudioReadError, DataError
-from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -297,14 +297,32 @@ class RetrievalDataModule(L.LightningDataModule):
         except Exception as err:  # never hide the exception that stopped the run
             log.warning("could not report skipped items: %s", err)
 
+    # ---- the model's side ----------------------------------------------------------------------
+    def connect_model(self, model: ModelFacts) -> None:
+        """Take what the data needs of the model (the one seam, ``lacoat.contracts``): check that audio is
+        cut the way its audio encoder reads it, serve cached outputs of its frozen encoders
+        (``feature_cache``) and mine hard negatives with its caption embedder (``hard_share``)."""
+        loader = self.eval_loader
+        expected = (model.sample_rate, round(model.sample_rate * model.window_seconds))
+        if (loader.sample_rate, loader.window_samples) != expected:
+            raise DataError(
+                f"the data is read at {loader.sample_rate} Hz in {loader.window_seconds:g}-s windows but "
+                f"{model.audio_encoder_name} expects {model.sample_rate} Hz and {model.window_seconds:g}-s "
+                f"windows; set data.sample_rate: {model.sample_rate} and data.window_seconds: "
+                f"{model.window_seconds:g}"
+            )
+        if model.caption_embedder is not None:
+            self.set_caption_embedder(model.caption_embedder)
+        self.use_cached_features(model.frozen_audio, model.frozen_text)
+
     # ---- cached features -----------------------------------------------------------------------
     def use_cached_features(
-        self, audio_encoder: AudioEncoder | None, text_encoder: TextEncoder | None
+        self, audio_encoder: CachedAudioEncoder | None, text_encoder: CachedEncoder | None
     ) -> None:
         """Serve cached outputs of these (frozen) encoders instead of audio / text, when
         ``feature_cache`` holds features of exactly their configuration.
 
-        Called by ``LacoatModule.setup`` with its frozen encoders (None for a trained one). A side
+        Called by ``connect_model`` with the model's frozen encoders (None for a trained one). A side
         without features of this configuration is encoded online, with a warning that names what the
         cache holds instead; an incomplete, stale or damaged cache is an error when the loaders are made.
         """
@@ -374,7 +392,7 @@ class RetrievalDataModule(L.LightningDataModule):
             if self.caption_embedder is None:
                 raise DataError(
                     "data.hard_share needs caption embeddings to mine neighbours with; the model gives them "
-                    "(LacoatModule.setup calls set_caption_embedder) — call it before making the train loader."
+                    "(LacoatModule.setup hands it to connect_model) — connect the model before making the train loader."
                 )
             start = time.perf_counter()
             embeddings = self.caption_embedder(self.train_table["caption"].tolist())  # [n_captions, E]

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from scipy.signal import lfilter
+
+from lacoat.io import atomic_write
 
 SPLITS = ("development", "validation", "evaluation")
 COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
@@ -476,12 +477,6 @@ def split_specs(n_clips: int, seed: int, split_id: int, twin_fraction: float) ->
     return specs
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".part")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def synthesize(
     out: str,
     seed: int = 0,
@@ -526,28 +521,17 @@ def synthesize(
                 spec.twin_of = specs[int(spec.twin_of)].file_name
             spec.captions, spec.caption_states = captions(spec, rng)
             wave = render(spec, sample_rate, rng)
-            _write_atomic(
-                audio_dir / spec.file_name,
-                lambda p, w=wave: sf.write(str(p), w, sample_rate, subtype="PCM_16", format="WAV"),
-            )
+            with atomic_write(audio_dir / spec.file_name) as handle:
+                sf.write(handle, wave, sample_rate, subtype="PCM_16", format="WAV")
             rows.append([spec.file_name, *spec.captions])
         csv_path = root / f"clotho_captions_{split}.csv"
 
-        def write_csv(path: Path, rows: list[list[str]] = rows) -> None:
-            with open(path, "w", newline="", encoding="utf-8") as f:
-                writer = csv.writer(f)
-                writer.writerow(["file_name"] + [f"caption_{k}" for k in range(1, 6)])
-                writer.writerows(rows)
-
-        _write_atomic(csv_path, write_csv)
+        with atomic_write(csv_path, "w") as handle:
+            writer = csv.writer(handle, lineterminator="\r\n")  # what open(newline="") + csv wrote
+            writer.writerow(["file_name"] + [f"caption_{k}" for k in range(1, 6)])
+            writer.writerows(rows)
         manifest[split] = [asdict(spec) for spec in specs]
-    _write_atomic(
-        root / "synthcaps_events.json",
-        lambda p: p.write_text(
-            json.dumps(
-                {"seed": seed, "sample_rate": sample_rate, "splits": manifest}, indent=1, ensure_ascii=False
-            ),
-            encoding="utf-8",
-        ),
-    )
+    with atomic_write(root / "synthcaps_events.json", "w") as handle:
+        document = {"seed": seed, "sample_rate": sample_rate, "splits": manifest}
+        handle.write(json.dumps(document, indent=1, ensure_ascii=False))
     return {split: sizes[split] for split in SPLITS}

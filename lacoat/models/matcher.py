@@ -12,6 +12,7 @@ Without a cascade the model is a bi-encoder and both scores coincide.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,13 +41,22 @@ class Tokens:
     def __getitem__(self, index: Tensor | slice) -> Tokens:
         return Tokens(self.tokens[index], self.mask[index])
 
+    def padded(self, length: int, rows: int | None = None) -> Tokens:
+        """The same rows padded with masked positions to ``length`` tokens (and with empty rows to
+        ``rows``): ``[rows, length, D]``."""
+        more_rows = 0 if rows is None else rows - len(self)
+        more_tokens = length - self.tokens.shape[1]
+        return Tokens(
+            F.pad(self.tokens, (0, 0, 0, more_tokens, 0, more_rows)),
+            F.pad(self.mask, (0, more_tokens, 0, more_rows)),
+        )
+
     @staticmethod
     def cat(parts: list[Tokens]) -> Tokens:
         """Concatenate batches, padding to the longest sequence (padding is masked out)."""
         length = max(p.tokens.shape[1] for p in parts)
-        tokens = torch.cat([F.pad(p.tokens, (0, 0, 0, length - p.tokens.shape[1])) for p in parts])
-        mask = torch.cat([F.pad(p.mask, (0, length - p.mask.shape[1])) for p in parts])
-        return Tokens(tokens, mask)
+        padded = [p.padded(length) for p in parts]
+        return Tokens(torch.cat([p.tokens for p in padded]), torch.cat([p.mask for p in padded]))
 
     def to(self, device: torch.device | str) -> Tokens:
         return Tokens(self.tokens.to(device), self.mask.to(device))
@@ -254,7 +264,13 @@ class AudioTextMatcher(nn.Module):
         return torch.cat(rows)
 
     def rerank_scores(
-        self, text: Tokens, audio: Tokens, k: int, alpha: float = 0.0, bi: Tensor | None = None
+        self,
+        text: Tokens,
+        audio: Tokens,
+        k: int,
+        alpha: float = 0.0,
+        bi: Tensor | None = None,
+        score_pairs: Callable[[Tensor, Tensor], Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Two-stage scores: the bi-encoder shortlists, co-attention re-scores. Returns ``(t2a, a2t)``,
         each ``[n_text, n_audio]``.
@@ -265,7 +281,8 @@ class AudioTextMatcher(nn.Module):
         ``s_co + alpha * s_bi`` (score fusion); the others rank after the shortlist in bi-encoder order
         (``after_shortlist``). Pairs shortlisted in both directions are scored once. With ``k`` at least
         the gallery size, both equal ``score_matrix + alpha * bi``. ``bi`` may pass the bi-encoder
-        scores when they are already computed.
+        scores when they are already computed; ``score_pairs(text_index, audio_index)`` may replace
+        ``score_index_pairs`` of these tokens (e.g. split across ranks).
         """
         bi = self.bi_scores(text, audio) if bi is None else bi  # [Q, N]
         if self.cascade is None:
@@ -276,7 +293,10 @@ class AudioTextMatcher(nn.Module):
         in_col.scatter_(0, bi.topk(min(k, bi.shape[0]), dim=0).indices, True)  # each clip's texts
         text_index, audio_index = (in_row | in_col).nonzero(as_tuple=True)
         fused = torch.zeros_like(bi, dtype=torch.float32)
-        co = self.score_index_pairs(text, audio, text_index, audio_index).float()
+        if score_pairs is None:
+            co = self.score_index_pairs(text, audio, text_index, audio_index).float()
+        else:
+            co = score_pairs(text_index, audio_index).float()
         fused[text_index, audio_index] = co + alpha * bi[text_index, audio_index].float()
         return after_shortlist(fused, bi, in_row, dim=1), after_shortlist(fused, bi, in_col, dim=0)
 

@@ -41,7 +41,9 @@ model:
   train_pairs: {train_pairs}
   hard_negatives: 2
   rerank_k: 4
-  warmup_steps: 2
+  lr_scheduler:
+    class_path: lacoat.optim.WarmupCosine
+    init_args: {{warmup_steps: 2}}
 data:
   source:
     class_path: lacoat.data.Clotho

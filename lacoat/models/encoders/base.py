@@ -41,6 +41,12 @@ class _Encoder(nn.Module, ABC):
         """``torch.no_grad()`` for a frozen encoder, a no-op otherwise."""
         return torch.no_grad() if self.frozen else contextlib.nullcontext()
 
+    def source_fingerprint(self) -> str | None:
+        """Content fingerprint of the file or hub revision the weights are loaded from, or None when
+        they come from nowhere else (random initialisation, training). A frozen encoder with one is
+        left out of checkpoints and rebuilt from its source when they are loaded."""
+        return None
+
     @abstractmethod
     def identity(self) -> str:
         """A stable string of class, settings and weights source (a cache key for features)."""
@@ -126,6 +132,19 @@ class TextEncoder(_Encoder):
             - text_tokens: ``[B, L, D]``
             - text_mask: ``[B, L]`` bool
         """
+
+    @torch.no_grad()
+    def mean_states(self, texts: list[str], batch: int = 256) -> Tensor:
+        """Mean of each text's valid token states, ``[n, D]`` float32 on the CPU (evaluated in eval mode;
+        used to mine hard negatives by caption similarity)."""
+        was_training, out = self.training, []
+        self.eval()
+        for start in range(0, len(texts), batch):
+            tokens, mask = self(texts[start : start + batch])  # [b, L, D], [b, L]
+            m = mask[..., None].float()
+            out.append(((tokens.float() * m).sum(1) / m.sum(1).clamp_min(1.0)).cpu())
+        self.train(was_training)
+        return torch.cat(out)
 
 
 def window_token_mask(audio_valid: Tensor, tokens_per_window: int, samples_per_token: int) -> Tensor:

@@ -302,6 +302,10 @@ class ClapAudioEncoder(AudioEncoder):
             )
         self.branch.load_state_dict(weights, strict=False)
 
+    def source_fingerprint(self) -> str | None:
+        """The CLAP checkpoint's content fingerprint (None: random initialisation)."""
+        return None if self._weights == "random-init" else self._weights.rpartition("#")[2]
+
     def identity(self) -> str:
         """Class, settings and weights (checkpoint file name and content fingerprint)."""
         return (

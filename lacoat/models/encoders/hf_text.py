@@ -76,15 +76,22 @@ class HFTextEncoder(TextEncoder):
         self.dim = int(self.model.config.hidden_size)
         self._freeze_if_asked()
 
+    def source_fingerprint(self) -> str | None:
+        """The weights file's content fingerprint (a local folder) or ``hub id@revision``."""
+        path = Path(resolve_model(self.model_name))
+        if path.is_dir():
+            weights = next((path / name for name in _WEIGHT_FILES if (path / name).is_file()), None)
+            return file_fingerprint(weights) if weights else None
+        revision = getattr(self.model.config, "_commit_hash", None)
+        return f"{self.model_name}@{revision}" if revision else None
+
     def identity(self) -> str:
         """Class, settings and weights source (folder content fingerprint or hub id @ revision)."""
         path = Path(resolve_model(self.model_name))
         if path.is_dir():
-            weights = next((path / name for name in _WEIGHT_FILES if (path / name).is_file()), None)
-            source = f"{path.resolve()}#{file_fingerprint(weights) if weights else 'no-weights'}"
+            source = f"{path.resolve()}#{self.source_fingerprint() or 'no-weights'}"
         else:
-            revision = getattr(self.model.config, "_commit_hash", None)
-            source = f"{self.model_name}@{revision}" if revision else self.model_name
+            source = self.source_fingerprint() or self.model_name
         return f"HFTextEncoder(model={source}, max_length={self.max_length})"
 
     def forward(self, texts: list[str]) -> tuple[Tensor, Tensor]:

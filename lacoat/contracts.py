@@ -1,0 +1,50 @@
+"""The one seam between ``lacoat.data`` and ``lacoat.models``.
+
+Neither package imports the other. What the data side must know of the model's encoders (how audio
+is cut, which frozen encoders' outputs it may serve from a feature cache, how to embed captions for
+mining hard negatives) travels in one ``ModelFacts``, which ``LacoatModule.setup`` hands to the
+DataModule's ``connect_model``. The encoders satisfy the protocols below structurally.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor
+
+
+class CachedEncoder(Protocol):
+    """A frozen encoder whose outputs may be cached: ``identity()`` keys the cached features."""
+
+    def identity(self) -> str: ...
+
+
+class CachedAudioEncoder(CachedEncoder, Protocol):
+    """A frozen audio encoder: ``tokens_per_window`` tokens per window; ``window_local`` when each
+    window is encoded on its own (so cached clip tokens may be cut into windows)."""
+
+    tokens_per_window: int
+    window_local: bool
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the DataModule needs of the model.
+
+    Attributes:
+        sample_rate: audio rate the audio encoder reads (Hz).
+        window_seconds: window length the audio encoder reads (s).
+        audio_encoder_name: its class name, for messages.
+        frozen_audio: the audio encoder when frozen (its outputs may come from a cache), else None.
+        frozen_text: the text encoder when frozen, else None.
+        caption_embedder: captions → ``[n, E]`` embeddings on the CPU, for mining hard negatives.
+    """
+
+    sample_rate: int
+    window_seconds: float
+    audio_encoder_name: str
+    frozen_audio: CachedAudioEncoder | None
+    frozen_text: CachedEncoder | None
+    caption_embedder: Callable[[list[str]], Tensor] | None = None

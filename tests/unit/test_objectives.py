@@ -1,0 +1,88 @@
+"""Training objectives against references written out pair by pair, and the global batch with a patched
+all-gather standing in for two DDP ranks (as open_clip tests its gather)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lacoat.losses import NTXentLoss
+from lacoat.models.cascade import IteratingCascade
+from lacoat.models.matcher import AudioTextMatcher, Tokens
+from lacoat.objectives import PairObjective
+from tests.unit.test_coattention import D, H, StubEncoder, float64, seqs  # noqa: F401 (fixture)
+
+
+def make_matcher(cascade: bool = True) -> AudioTextMatcher:
+    torch.manual_seed(0)
+    head = IteratingCascade(D, H, layers=2, dropout=0.0) if cascade else None
+    return AudioTextMatcher(StubEncoder(D), StubEncoder(D), head, d_model=D, embed_dim=8, pair_chunk=4).eval()
+
+
+def make_batch(clips: list[int], seed: int = 0) -> dict:
+    n = len(clips)
+    t, tm = seqs(n, 5, [5, 3, 4, 2, 5, 1, 4, 3][:n], seed)
+    a, am = seqs(n, 7, [7, 4, 6, 2, 5, 7, 3, 6][:n], seed + 1)
+    return {
+        "text_tokens": t,
+        "text_mask": tm,
+        "audio_tokens": a,
+        "audio_mask": am,
+        "clip_index": torch.tensor(clips),
+        "captions": [f"caption {i}" for i in range(n)],
+    }
+
+
+def take(batch: dict, rows: slice) -> dict:
+    return {k: v[rows] for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("cascade", [True, False])
+def test_global_batch_over_two_ranks_equals_the_whole_batch(cascade):
+    matcher, loss = make_matcher(cascade), NTXentLoss(temperature=0.1, aux_weight=0.5)
+    objective = PairObjective(loss, "full")
+    whole = make_batch([0, 1, 2, 2, 3, 4])  # clip 2 twice: a same-clip pair across the two ranks
+    expected = objective(matcher, whole)
+    ranks = [take(whole, slice(0, 3)), take(whole, slice(3, 6))]
+
+    def gather(tokens: Tokens, labels: torch.Tensor):
+        side = "text" if tokens.tokens.shape[1] == 5 else "audio"  # text has 5 positions, audio 7
+        parts = [matcher.text_of(b) if side == "text" else matcher.audio_of(b) for b in ranks]
+        return Tokens.cat(parts), torch.cat([b["clip_index"] for b in ranks]), torch.tensor([3, 3])
+
+    per_rank = [objective(matcher, ranks[r], gather, rank=r) for r in (0, 1)]
+    for name in ("loss", "loss_main", "loss_aux"):
+        mean = (per_rank[0][name] + per_rank[1][name]) / 2
+        torch.testing.assert_close(mean, expected[name], msg=name)
+
+
+def reference_candidate_loss(matcher, loss, batch, m):
+    """Pair by pair: each caption against its clip and the m other clips its bi-encoder ranks highest,
+    each clip against its caption and the m highest other captions; cross-entropy at temperature τ."""
+    text, audio = matcher.text_of(batch), matcher.audio_of(batch)
+    clip = batch["clip_index"].tolist()
+    bi = matcher.bi_scores(text, audio).detach()
+    b, scale = len(clip), 1 / loss.temperature
+
+    def score(i, j):
+        return matcher.score_index_pairs(text, audio, torch.tensor([i]), torch.tensor([j]))[0]
+
+    def ce(row):
+        return F.cross_entropy(torch.stack(row)[None] * scale, torch.tensor([0]))
+
+    t2a, a2t = [], []
+    for i in range(b):
+        others = sorted((j for j in range(b) if clip[j] != clip[i]), key=lambda j: -float(bi[i, j]))[:m]
+        t2a.append(ce([score(i, i)] + [score(i, j) for j in others]))
+        others = sorted((k for k in range(b) if clip[k] != clip[i]), key=lambda k: -float(bi[k, i]))[:m]
+        a2t.append(ce([score(i, i)] + [score(k, i) for k in others]))
+    return (torch.stack(t2a).mean() + torch.stack(a2t).mean()) / 2
+
+
+def test_hard_negative_objective_scores_each_query_positive_and_its_hardest_negatives():
+    matcher, loss = make_matcher(), NTXentLoss(temperature=0.1, aux_weight=0.5)
+    batch = make_batch([0, 1, 2, 2, 3, 4, 5])
+    out = PairObjective(loss, "hard_negatives", hard_negatives=2)(matcher, batch)
+    torch.testing.assert_close(out["loss_main"], reference_candidate_loss(matcher, loss, batch, 2))
+    bi = matcher.bi_scores(matcher.text_of(batch), matcher.audio_of(batch))
+    torch.testing.assert_close(out["loss_aux"], loss.contrastive(bi, batch["clip_index"], batch["clip_index"]))
+    torch.testing.assert_close(out["loss"], out["loss_main"] + 0.5 * out["loss_aux"])

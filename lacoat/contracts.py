@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from torch import Tensor
 
@@ -48,3 +48,16 @@ class ModelFacts:
     frozen_audio: CachedAudioEncoder | None
     frozen_text: CachedEncoder | None
     caption_embedder: Callable[[list[str]], Tensor] | None = None
+
+    @classmethod
+    def of(cls, audio_encoder: Any, text_encoder: Any, embed_captions: bool) -> ModelFacts:
+        """The facts of a model's audio and text encoders; with ``embed_captions`` the text encoder's
+        ``mean_states`` embed captions."""
+        return cls(
+            sample_rate=audio_encoder.sample_rate,
+            window_seconds=audio_encoder.window_seconds,
+            audio_encoder_name=type(audio_encoder).__name__,
+            frozen_audio=audio_encoder if audio_encoder.frozen else None,
+            frozen_text=text_encoder if text_encoder.frozen else None,
+            caption_embedder=text_encoder.mean_states if embed_captions else None,
+        )

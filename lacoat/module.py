@@ -102,16 +102,8 @@ class LacoatModule(L.LightningModule):
         data = self.trainer.datamodule
         if not hasattr(data, "connect_model"):
             return
-        audio, text = self.matcher.audio_encoder, self.matcher.text_encoder
         data.connect_model(
-            ModelFacts(
-                sample_rate=audio.sample_rate,
-                window_seconds=audio.window_seconds,
-                audio_encoder_name=type(audio).__name__,
-                frozen_audio=audio if audio.frozen else None,
-                frozen_text=text if text.frozen else None,
-                caption_embedder=text.mean_states if stage == "fit" else None,
-            )
+            ModelFacts.of(self.matcher.audio_encoder, self.matcher.text_encoder, stage == "fit")
         )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -121,10 +113,7 @@ class LacoatModule(L.LightningModule):
         restore_rebuilt_encoders(checkpoint, self._encoders())
 
     def _encoders(self) -> dict[str, Any]:
-        return {
-            "matcher.audio_encoder": self.matcher.audio_encoder,
-            "matcher.text_encoder": self.matcher.text_encoder,
-        }
+        return {f"matcher.{name}": getattr(self.matcher, name) for name in ("audio_encoder", "text_encoder")}
 
     def _gather(self, sync_grads: bool = False):
         """All-gather of token features across ranks, or None in one process."""
@@ -136,11 +125,16 @@ class LacoatModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         skipped = float(batch.get("n_skipped", 0))  # items the loader dropped (data.on_bad_audio: skip)
         self.log("train/skipped", skipped, on_epoch=True, on_step=False, reduce_fx="sum", sync_dist=True)
-        if "clip_index" not in batch:  # every item of the batch was skipped: no step
-            if self.trainer.world_size > 1:  # the other ranks wait for this one's gradients: send zeros
-                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
-            return None
         gather = self._gather(sync_grads=True) if self.gather_negatives else None
+        has_items = "clip_index" in batch  # else every item of the batch was skipped: no step
+        if gather is not None:  # the gathers need every rank: all skip the step if one has nothing
+            has_items = self.trainer.strategy.reduce_boolean_decision(has_items, all=True)
+        if not has_items:  # other ranks wait for this one's gradients: send zeros
+            return (
+                sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+                if self.trainer.world_size > 1
+                else None
+            )
         out = self.objective(self.matcher, batch, gather, self.global_rank)
         finite = bool(torch.isfinite(out["loss"]).all())  # Lightning would go on; under DDP all ranks decide
         if not (

@@ -33,6 +33,10 @@ TOOLS: dict[str, tuple[str, str]] = {
         "lacoat.tools:search_main",
         'search an index: lacoat search --index INDEX "a dog barks in the rain"',
     ),
+    "serve": (
+        "lacoat.tools:serve_main",
+        "search an index from a web page on this machine: lacoat serve --index INDEX [--port 8000]",
+    ),
     "extract": (
         "lacoat.tools:extract_main",
         "cache the outputs of a config's frozen encoders (resumable); training then skips them",

@@ -169,6 +169,27 @@ def search_main(argv: list[str]) -> None:
         _stdout_closed()
 
 
+def serve_main(argv: list[str]) -> None:
+    """``lacoat serve --index INDEX [--port 8000]``"""
+    from lacoat.retrieval.serve import serve
+
+    parser = ArgumentParser(
+        prog="lacoat serve",
+        description="Search an index from a web page (and a JSON API) on this machine, model loaded once.",
+    )
+    parser.add_argument("--index", required=True, help="index folder written by `lacoat index`")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
+    parser.add_argument(
+        "--ckpt", default=None, help="the index's checkpoint, if it moved (checked: it must be the same file)"
+    )
+    args = parser.parse_args(argv)
+    serve(args.index, args.port, args.host, args.ckpt)
+    print("lacoat serve: stopped")
+
+
 def _stdout_closed() -> None:
     """Exit quietly after the reader of stdout went away (status 141, as a program killed by SIGPIPE):
     stdout is pointed at /dev/null so that Python's final flush does not print a traceback."""

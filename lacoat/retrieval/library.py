@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from lacoat.errors import AudioReadError, LacoatError
-from lacoat.retrieval.store import ClipVectors, IndexStore
+from lacoat.retrieval.store import ClipVectors, IndexStore, path_id
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -216,30 +216,46 @@ def _instantiate(config: object) -> object:
     return config
 
 
-def load_matcher(checkpoint: str | Path, side: Literal["audio", "text"]) -> tuple[AudioTextMatcher, dict]:
-    """The matcher of a checkpoint, in eval mode on the CPU, with one encoder only.
+def load_matcher(
+    checkpoint: str | Path, side: Literal["audio", "text", "both"]
+) -> tuple[AudioTextMatcher, dict]:
+    """The matcher of a checkpoint, in eval mode on the CPU.
 
     Args:
         checkpoint: a .ckpt written by ``lacoat fit``.
-        side: ``audio`` builds the audio encoder (indexing), ``text`` the text encoder (search);
-            the other is a placeholder of the same width and its weights are not loaded.
+        side: ``audio`` builds the audio encoder only (indexing), ``text`` the text encoder only
+            (search): the other is a placeholder of the same width and its weights are not loaded;
+            ``both`` builds both (attention maps).
 
     Returns:
         The matcher and ``model_settings`` of the checkpoint.
     """
+    from lacoat.checkpoints import REBUILT, restore_rebuilt_encoders
+
     ckpt = read_checkpoint(checkpoint)
     settings = model_settings(ckpt)
-    state = {k.removeprefix("matcher."): v for k, v in ckpt["state_dict"].items() if k.startswith("matcher.")}
-    skip = "text_encoder" if side == "audio" else "audio_encoder"
-    proj = "text_proj" if side == "audio" else "audio_proj"
+    skip = {"audio": "text_encoder", "text": "audio_encoder", "both": None}[side]
     config = settings["matcher"]
     try:
         init = {k: _instantiate(v) for k, v in config["init_args"].items() if k != skip}
-        init[skip] = _absent(state[f"{proj}.0.weight"].shape[1])
+        if skip is not None:
+            init[skip] = _absent(
+                ckpt["state_dict"][f"matcher.{skip.removesuffix('_encoder')}_proj.0.weight"].shape[1]
+            )
         matcher = _class(config["class_path"])(**init)
-        missing, unexpected = matcher.load_state_dict(
-            {k: v for k, v in state.items() if not k.startswith(f"{skip}.")}, strict=False
-        )
+        # frozen encoders a checkpoint leaves out are rebuilt from their source, which must be unchanged
+        built = {f"matcher.{n}": getattr(matcher, n) for n in ("audio_encoder", "text_encoder") if n != skip}
+        view = {
+            "state_dict": dict(ckpt["state_dict"]),
+            REBUILT: {k: v for k, v in ckpt.get(REBUILT, {}).items() if k in built},
+        }
+        restore_rebuilt_encoders(view, built)
+        state = {
+            k.removeprefix("matcher."): v
+            for k, v in view["state_dict"].items()
+            if k.startswith("matcher.") and (skip is None or not k.startswith(f"matcher.{skip}."))
+        }
+        missing, unexpected = matcher.load_state_dict(state, strict=False)
     except (KeyError, TypeError, ValueError, RuntimeError, ImportError, AttributeError) as err:
         raise LacoatError(
             f"cannot rebuild the model of '{checkpoint}' from its settings ({err}); was it written by this "
@@ -316,6 +332,11 @@ def _probe(path: Path, min_seconds: float, max_seconds: float) -> tuple[str | No
     if duration > max_seconds:
         return "too long", duration
     return None, duration
+
+
+def segment_samples(encoder: nn.Module, segment_seconds: float) -> int:
+    """Samples of a segment: ``segment_seconds`` rounded down to whole windows of ``encoder`` (≥ 1)."""
+    return max(1, math.floor(segment_seconds / encoder.window_seconds)) * encoder.window_samples
 
 
 def read_segments(
@@ -414,8 +435,11 @@ def _prepare_store(
     return None
 
 
-def _widths(matcher: AudioTextMatcher) -> dict[str, int]:
-    """``embed_dim`` (E) and ``token_dim`` (D) of the vectors a matcher stores."""
+def index_meta(
+    checkpoint: Path, folder: Path, matcher: AudioTextMatcher, settings: dict, segment_seconds: float
+) -> dict:
+    """What an index records about how it was made: checkpoint path and fingerprint, model settings,
+    library folder, segment length, and the widths ``embed_dim`` (E) and ``token_dim`` (D) of its vectors."""
     import torch
 
     from lacoat.models.matcher import Tokens
@@ -424,7 +448,15 @@ def _widths(matcher: AudioTextMatcher) -> dict[str, int]:
     with torch.inference_mode():
         probe = Tokens(torch.zeros(1, 1, token_dim), torch.ones(1, 1, dtype=torch.bool))
         embed_dim = matcher.embed_audio(probe).shape[-1]
-    return {"embed_dim": int(embed_dim), "token_dim": int(token_dim)}
+    return {
+        "checkpoint": str(checkpoint),
+        "checkpoint_fingerprint": checkpoint_fingerprint(checkpoint),
+        "model": settings,
+        "audio_dir": str(folder),
+        "segment_seconds": segment_seconds,
+        "embed_dim": int(embed_dim),
+        "token_dim": int(token_dim),
+    }
 
 
 class _Encoder:
@@ -559,14 +591,16 @@ def build_index(
         report.skipped["broken link"] = found.broken
     store = _prepare_store(out_path, folder, ckpt_path, fingerprint, report)
     stats = {name: file_stat(folder / name) for name in found.audio}
+    ids = {name: path_id(name) for name in found.audio}
+    known: dict[int, tuple[int, int]] = {}
     if store is not None:
-        known = store.file_stats()
-        gone = sorted(set(known) - set(stats))
-        changed = [n for n in stats if n in known and known[n] != stats[n]]
+        known = store.file_stats()  # all a re-index reads of the index: ~30 bytes a file
+        gone = sorted(set(known) - set(ids.values()))
+        changed = [ids[n] for n in stats if ids[n] in known and known[ids[n]] != stats[n]]
         report.removed = len(gone)
         store.remove(gone + changed)
-        report.unchanged = sum(1 for n in stats if known.get(n) == stats[n])
-    todo = [n for n in found.audio if store is None or known.get(n) != stats[n]]
+    todo = [n for n in found.audio if known.get(ids[n]) != stats[n]]
+    report.unchanged = len(found.audio) - len(todo)
 
     probed = []
     for name in todo:
@@ -579,20 +613,9 @@ def build_index(
 
     matcher, settings = load_matcher(ckpt_path, "audio") if probed or store is None else (None, None)
     if store is None:
-        store = IndexStore.create(
-            out_path,
-            {
-                "checkpoint": str(ckpt_path),
-                "checkpoint_fingerprint": fingerprint,
-                "model": settings,
-                "audio_dir": str(folder),
-                "segment_seconds": segment_seconds,
-                **_widths(matcher),
-            },
-        )
+        store = IndexStore.create(out_path, index_meta(ckpt_path, folder, matcher, settings, segment_seconds))
     if probed:
         encoder = matcher.audio_encoder
-        seg_windows = max(1, math.floor(segment_seconds / encoder.window_seconds))
         encode = _Encoder(matcher, store, stats, batch_size, report)
         bar = tqdm(
             total=round(sum(d for d, _ in probed)),
@@ -606,7 +629,7 @@ def build_index(
             for duration, name in probed:
                 try:
                     for start, wave in read_segments(
-                        folder / name, encoder.sample_rate, seg_windows * encoder.window_samples
+                        folder / name, encoder.sample_rate, segment_samples(encoder, segment_seconds)
                     ):
                         encode.add(
                             name, start / encoder.sample_rate, cut_windows(wave, encoder.window_samples)
@@ -621,8 +644,8 @@ def build_index(
             encode.flush()
     if store.dead_fraction() > 0.5:
         store.compact()
-    report.files = len(store.file_stats())
-    report.clips = len(store.clips())
+    report.files = report.unchanged + report.encoded
+    report.clips = store.clip_count()
     store.close()
     return report
 
@@ -666,7 +689,7 @@ class Library:
             raise LacoatError(
                 f"index '{index}' holds no clips; check the audio folder and re-run `lacoat index`."
             )
-        self.folder = Path(meta["audio_dir"])
+        self.folder, self.checkpoint = Path(meta["audio_dir"]), ckpt
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a "Loading weights" bar on every query otherwise
@@ -678,6 +701,11 @@ class Library:
     def close(self) -> None:
         """Close the index."""
         self.store.close()
+
+    def indexed_file(self, file: str) -> Path | None:
+        """The absolute path of ``file`` (relative to the library) if the index holds it, else None:
+        only indexed files are ever served, so no path outside the library can be asked for."""
+        return self.folder / file if self.store.holds(file) else None
 
     def _gallery(self, rows: list[int]):
         """Stored tokens of clips ``rows`` as one padded ``Tokens`` batch ``[K, T_max, D]``."""
@@ -722,16 +750,17 @@ class Library:
         check_query(query, k, rerank_k)
         scores = self.scores(query, rerank_k)
         top = scores.topk(min(k, len(scores)))
+        described = self.store.describe(self.clips.id[top.indices.numpy()].tolist())
         return [
             SearchHit(
                 rank=r + 1,
                 score=round(float(s), 6),
-                file=self.clips.file[i],
-                path=str(self.folder / self.clips.file[i]),
-                start=round(float(self.clips.start[i]), 3),
-                duration=round(float(self.clips.duration[i]), 3),
+                file=file,
+                path=str(self.folder / file),
+                start=round(start, 3),
+                duration=round(duration, 3),
             )
-            for r, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))
+            for r, (s, (file, start, duration)) in enumerate(zip(top.values.tolist(), described, strict=True))
         ]
 
 

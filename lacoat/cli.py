@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 
 from lacoat import __version__
@@ -85,6 +86,30 @@ def user_message(err: BaseException) -> str:
     return text
 
 
+def _not_an_advertisement(record: logging.LogRecord) -> bool:
+    """False for Lightning's litlogger tip (logged at every run)."""
+    return not record.getMessage().startswith("💡 Tip: For seamless cloud logging")
+
+
+def quiet_console() -> None:
+    """One handler for every log line, and none of the third-party notices that say nothing to a user.
+
+    lacoat logs through the root logger; Lightning's ``lightning`` logger has a handler of its own, so it
+    must not propagate as well (every INFO line came twice). Silenced, each by its exact message:
+    deprecations inside torchdata and Lightning that a user cannot act on, Lightning's warning about
+    modules in eval mode (frozen encoders are in eval mode on purpose) and its litlogger advertisement.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lightning").propagate = False  # before Lightning is imported: it keeps this
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advertisement)
+    for message, category, module in (
+        ("'set_vital' is deprecated", UserWarning, r"torchdata\."),
+        (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\."),
+        (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning, r"lightning\.pytorch\."),
+    ):
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``lacoat`` and ``python -m lacoat``.
 
@@ -102,7 +127,7 @@ def main(args: list[str] | None = None) -> None:
     if command not in TOOLS:
         print(f"lacoat: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    quiet_console()
     try:
         target = TOOLS[command][0]
         _resolve(target)(argv if target == TRAINER else rest)

@@ -3,8 +3,11 @@
 Kept apart from ``lacoat.cli`` so that ``lacoat --help`` does not import Lightning.
 
 Conventions added to LightningCLI:
-* checkpoints monitor ``val/t2a_mAP@10`` (max) and go to ``<default_root_dir>/checkpoints/<run>/``
-  (``best-….ckpt`` and ``last.ckpt``), where ``<run>`` is the logger's version;
+* one folder per run configuration, ``trainer.default_root_dir``: checkpoints monitor ``val/t2a_mAP@10``
+  (max) and go to ``<default_root_dir>/checkpoints/<run>/`` (``best-….ckpt`` and ``last.ckpt``), where
+  ``<run>`` is the logger's version; logs (CSV under ``logs/`` unless the config names other loggers) go
+  to ``<default_root_dir>``, whatever ``save_dir`` a config gives, so ``--trainer.default_root_dir DIR``
+  moves the whole run; ``fit`` and ``test`` end by printing where the checkpoint, metrics and logs are;
 * ``test`` / ``validate`` / ``predict`` without ``--ckpt_path`` take the best checkpoint of the latest
   run under the config's ``default_root_dir`` and say which; ``--ckpt_path none`` uses the weights as
   built (e.g. pretrained encoders, untrained head);
@@ -12,8 +15,8 @@ Conventions added to LightningCLI:
   a table;
   ``predict`` writes ``predictions.csv`` (query, rank, file_name, score) there;
 * ``fit --ckpt_path last`` resumes the latest run (same checkpoint folder, logger version and W&B run;
-  ``ResumeCheckpoint`` under ``resume:`` writes ``last.ckpt`` every ``every_n_steps`` steps and on
-  SIGTERM); asking for a checkpoint that does not exist is an error, never a fresh start;
+  ``ResumeCheckpoint`` under ``resume:`` writes ``last.ckpt`` every ``every_n_steps`` steps, on
+  SIGTERM and on Ctrl-C); asking for a checkpoint that does not exist is an error, never a fresh start;
 * checkpoints are written atomically (``lacoat.io.AtomicCheckpointIO`` is the default plugin);
 * settings of evaluation (``eval_mode``, ``rerank_k``, …) given to ``test`` win over the checkpoint's;
 * precision defaults to ``bf16-mixed`` on GPU and ``32-true`` on CPU;
@@ -25,12 +28,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 
 from lacoat.data.datamodule import RetrievalDataModule
 from lacoat.errors import LacoatError
@@ -38,6 +42,7 @@ from lacoat.module import LacoatModule
 from lacoat.resume import WANDB_ID_FILE, ResumeCheckpoint, latest_run_with_last
 
 MONITOR = "val/t2a_mAP@10"
+DEFAULT_LOGS = {"save_dir": ".", "name": "logs"}  # CSV; every logger's save_dir becomes default_root_dir
 EVAL_SETTINGS = (
     "eval_mode",
     "rerank_k",
@@ -111,23 +116,33 @@ class LacoatCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(ResumeCheckpoint, "resume")
-        parser.set_defaults({"trainer.plugins": [{"class_path": "lacoat.io.AtomicCheckpointIO"}]})
+        parser.set_defaults(
+            {
+                "trainer.plugins": [{"class_path": "lacoat.io.AtomicCheckpointIO"}],
+                "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": DEFAULT_LOGS},
+            }
+        )
 
-    def _parse_ckpt_path(self) -> None:
-        """Lightning rebuilds the model from the checkpoint's hyperparameters, over the config; keep the
-        evaluation settings of this command (``--model.eval_mode exhaustive`` must not be undone)."""
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        """Parse as LightningCLI does, and remember this command's evaluation settings: LightningCLI then
+        rebuilds the model from the hyperparameters of ``--ckpt_path FILE``, over the config, and
+        ``before_instantiate_classes`` puts them back (``--model.eval_mode exhaustive`` must win)."""
+        super().parse_arguments(parser, args)
         sub = self.config.get("subcommand")
-        keep = {key: self.config[f"{sub}.model.{key}"] for key in EVAL_SETTINGS} if sub else {}
-        super()._parse_ckpt_path()
-        for key, value in keep.items():
-            self.config[f"{sub}.model.{key}"] = value
+        self._eval_settings = {key: self.config[f"{sub}.model.{key}"] for key in EVAL_SETTINGS} if sub else {}
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        for key, value in self._eval_settings.items():
+            config.model[key] = value
         if config.trainer.get("precision") is None:
             config.trainer.precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
         loggers = config.trainer.get("logger")
         loggers = loggers if isinstance(loggers, list) else [loggers]
+        root = config.trainer.get("default_root_dir") or os.getcwd()
+        for lg in loggers:  # one run folder: logs go where the checkpoints go
+            if lg and hasattr(lg, "init_args") and "save_dir" in lg.init_args:
+                lg.init_args.save_dir = str(root)
         uses_wandb = any(getattr(lg, "class_path", "").endswith("WandbLogger") for lg in loggers if lg)
         if uses_wandb and not wandb_credentials_present():
             os.environ.setdefault("WANDB_MODE", "offline")
@@ -175,10 +190,24 @@ class LacoatCLI(LightningCLI):
 
     def after_fit(self) -> None:
         callback = self.trainer.checkpoint_callback
+        rows = {"run folder": self.trainer.default_root_dir}
         if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
-            print(
-                f"best checkpoint ({MONITOR} = {float(callback.best_model_score):.4f}): {callback.best_model_path}"
-            )
+            score = f"{MONITOR} = {float(callback.best_model_score):.4f}"
+            rows["best checkpoint"] = f"{callback.best_model_path}  ({score})"
+        if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
+            rows["last checkpoint"] = callback.last_model_path
+        self._print_where(rows)
+
+    def _print_where(self, rows: dict[str, str]) -> None:
+        """Print where this run's files are: ``rows`` and the logs (one short block, rank zero only)."""
+        if not self.trainer.is_global_zero:
+            return
+        for logger in self.trainer.loggers:
+            folder = logger.log_dir or logger.save_dir  # W&B: save_dir/wandb/<run>
+            if folder:
+                rows[f"logs ({type(logger).__name__.removesuffix('Logger')})"] = folder
+        width = max(map(len, rows))
+        print("\n" + "\n".join(f"{name:<{width}}  {value}" for name, value in rows.items()))
 
     # ---- evaluation ---------------------------------------------------------------------------
     def _resolve_checkpoint(self) -> None:
@@ -226,7 +255,8 @@ class LacoatCLI(LightningCLI):
             "metrics": results,
         }
         path.write_text(json.dumps(payload, indent=2))
-        print(f"\ntest metrics ({path}):\n{format_table(results)}")
+        print(f"\ntest metrics:\n{format_table(results)}")
+        self._print_where({"checkpoint": str(payload["checkpoint"]), "metrics": str(path)})
 
     def after_predict(self) -> None:
         if self.model.rankings is None or not self.trainer.is_global_zero:
@@ -241,7 +271,7 @@ def run(argv: list[str]) -> None:
     LacoatCLI(
         LacoatModule,
         RetrievalDataModule,
-        args=argv,
+        args=None if argv == sys.argv[1:] else argv,  # None: LightningCLI reads sys.argv (given both, it warns)
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_kwargs={"default_env": False},

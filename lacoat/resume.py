@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,9 @@ class ResumeCheckpoint(L.Callback):
     """Keeps ``last.ckpt`` fresh enough to lose little when a run is killed.
 
     Writes ``last.ckpt`` into the checkpoint folder every ``every_n_steps`` training steps and at once
-    when the process receives SIGTERM (Lightning then stops after the current step); stores the random
+    when the process receives SIGTERM (Lightning then stops after the current step) or Ctrl-C (SIGINT:
+    the current step is finished and saved, then the run stops with status 1; a second Ctrl-C stops
+    at once, unsaved — a checkpoint taken inside a step would not resume exactly); stores the random
     states in every checkpoint and restores them on resume; leaves them as they were after every
     validation, so that training draws the same random numbers whether or not a validation ran (a
     checkpoint written just before one resumes exactly); records the W&B run id beside the
@@ -81,6 +85,9 @@ class ResumeCheckpoint(L.Callback):
     def __init__(self, every_n_steps: int = 200) -> None:
         self.every_n_steps = every_n_steps
         self._before_validation: dict[str, Any] | None = None
+        self._interrupted = False
+        self._pid: int | None = None
+        self._previous_sigint: Any = None
 
     @staticmethod
     def _folder(trainer: L.Trainer) -> Path | None:
@@ -89,24 +96,53 @@ class ResumeCheckpoint(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = self._folder(trainer)
-        if folder is None or not trainer.is_global_zero:
+        if folder is None:
+            return
+        if threading.current_thread() is threading.main_thread():
+            self._interrupted, self._pid = False, os.getpid()
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / WANDB_ID_FILE).write_text(logger.experiment.id)
 
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        """First Ctrl-C: finish the training step, then save and stop; a second one stops at once."""
+        if os.getpid() != self._pid:  # a DataLoader worker, forked with this handler: the trainer decides
+            return
+        if self._interrupted:
+            raise KeyboardInterrupt
+        self._interrupted = True
+        os.write(2, b"\nCtrl-C: saving last.ckpt after this training step, then stopping (Ctrl-C again: stop now)\n")
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_sigint()
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         folder = self._folder(trainer)
         if folder is None:
             return
         step = trainer.global_step
-        if trainer.received_sigterm or (self.every_n_steps and step % self.every_n_steps == 0):
+        interrupted = trainer.strategy.broadcast(self._interrupted)  # rank 0's Ctrl-C stops every rank
+        if trainer.received_sigterm or interrupted or (self.every_n_steps and step % self.every_n_steps == 0):
             trainer.save_checkpoint(folder / "last.ckpt")
-            if trainer.received_sigterm:
+            if trainer.received_sigterm or interrupted:
+                signal_name = "SIGTERM" if trainer.received_sigterm else "Ctrl-C"
                 log.warning(
-                    "SIGTERM: saved %s at step %d; resume with --ckpt_path last", folder / "last.ckpt", step
+                    "%s: saved %s at step %d; resume with --ckpt_path last", signal_name, folder / "last.ckpt", step
                 )
+            if interrupted:
+                raise KeyboardInterrupt  # Lightning stops and exits with status 1
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._before_validation = rng_states()  # its loaders draw worker seeds from the global generator

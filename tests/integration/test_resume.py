@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -148,3 +149,28 @@ def test_resume_without_a_checkpoint_is_an_error(tmp_path, synthcaps, capsys):
         main(["fit", "--config", str(config), "--ckpt_path", str(tmp_path / "missing.ckpt")])
     assert "checkpoint to resume from not found" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "checkpoints").exists(), "nothing may start training"
+
+
+def test_ctrl_c_saves_the_step_and_resumes(tmp_path, synthcaps):
+    config = write_config(tmp_path, synthcaps)
+    root = tmp_path / "cut"
+    # last.ckpt only on a signal; the validation at step 8 writes best-….ckpt (and, save_last, last.ckpt)
+    extra = ("--resume.every_n_steps", "0", "--trainer.max_steps", "40")
+    proc = subprocess.Popen(
+        fit_command(config, root, *extra), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not list(root.glob("checkpoints/*/best-*.ckpt")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before Ctrl-C: " + proc.stdout.read()[-2000:]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    assert out.count("graceful shutdown") <= 1
+    assert re.search(r"Ctrl-C: saved \S+last\.ckpt at step \d+; resume with --ckpt_path last", out), out[-3000:]
+    step = saved_step(next(root.glob("checkpoints/*/last.ckpt")))
+    assert 8 < step < 40, "last.ckpt must hold the step Ctrl-C ended, not the validation's save at step 8"
+
+    main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root), *STEPS, *extra, "--ckpt_path", "last"])
+    assert len(list(root.glob("checkpoints/*"))) == 1
+    assert saved_step(next(root.glob("checkpoints/*/last.ckpt"))) == 40

@@ -30,13 +30,13 @@ def synth_main(argv: list[str]) -> None:
 
 
 def inspect_main(argv: list[str]) -> None:
-    """``lacoat inspect --config FILE``: load the data a config points at and report what was found."""
-    from lacoat.config import instantiate_sections
+    """``lacoat inspect --config FILE [--config …] [--data.KEY VALUE …]``: load the data a config points at
+    and report what was found."""
+    from lacoat.config import parse_and_build, sections_parser
     from lacoat.data.datamodule import RetrievalDataModule
 
-    parser = ArgumentParser(prog="lacoat inspect", description="Check a data set before training on it.")
-    parser.add_argument(
-        "--config", required=True, help="YAML file with a `data:` section (any lacoat config)"
+    parser = sections_parser(
+        "lacoat inspect", "Check a data set before training on it.", {"data": RetrievalDataModule}
     )
     parser.add_argument(
         "--stages",
@@ -44,8 +44,8 @@ def inspect_main(argv: list[str]) -> None:
         default=["train", "val", "test"],
         help="splits to load",
     )
-    args = parser.parse_args(argv)
-    dm: RetrievalDataModule = instantiate_sections(args.config, {"data": RetrievalDataModule})["data"]
+    args, built = parse_and_build(parser, argv, ["data"])
+    dm: RetrievalDataModule = built["data"]
     print(f"source: {dm.source!r}")
     for stage in args.stages:
         if stage not in dm.source.splits:
@@ -225,14 +225,14 @@ def extract_main(argv: list[str]) -> None:
     parser.add_argument("--shard_size", type=int, default=256, help="items per cache file (unit of resuming)")
     parser.add_argument("--batch_size", type=int, default=16, help="items encoded at once")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
-    args = parser.parse_args(argv)
-    built = instantiate_sections(args.config, {"model": LacoatModule, "data": RetrievalDataModule})
+    args, built = parse_and_build(parser, argv, ["model", "data"])
     matcher = built["model"].matcher
     audio = matcher.audio_encoder if matcher.audio_encoder.frozen else None
     text = matcher.text_encoder if matcher.text_encoder.frozen else None
     if audio is None and text is None:
+        configs = " + ".join(f"'{path}'" for path in args.config or []) or "the command line"
         raise ModelError(
-            f"neither encoder of '{args.config}' is frozen, so their outputs change while training and "
+            f"neither encoder of {configs} is frozen, so their outputs change while training and "
             "cannot be cached; set frozen: true on an encoder to cache it."
         )
     for name, enc in (("audio", matcher.audio_encoder), ("text", matcher.text_encoder)):

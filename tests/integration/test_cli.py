@@ -1,10 +1,15 @@
+import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
-from lacoat.cli import main
+from lacoat.cli import TOOLS, main
+from lacoat.config import RUN_KEYS
+from tests.conftest import REPO
 
 
 def test_help_lists_every_subcommand_quickly():
@@ -13,8 +18,9 @@ def test_help_lists_every_subcommand_quickly():
         [sys.executable, "-m", "lacoat", "--help"], capture_output=True, text=True, check=True
     )
     elapsed = time.perf_counter() - start
-    for command in ("fit", "validate", "test", "predict", "synth", "inspect"):
-        assert f"\n  {command} " in out.stdout
+    assert len(TOOLS) >= 12
+    for command in TOOLS:  # the registry main dispatches on
+        assert f"\n  {command} " in out.stdout, command
     print(f"lacoat --help took {elapsed:.2f} s")  # the 2-s target is checked by hand and in the README
 
 
@@ -69,3 +75,61 @@ def test_unknown_command_and_version(capsys):
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
     main(["--version"])
     assert capsys.readouterr().out.startswith("lacoat 0.")
+
+
+def test_run_keys_are_those_of_a_fit_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert set(printed) == set(RUN_KEYS), "config.RUN_KEYS must list what a tool accepts and ignores"
+
+
+@pytest.fixture(scope="module")
+def augmented_demo_dir(tmp_path_factory, synthcaps) -> Path:
+    """A working directory holding the paraphrases configs/demo_variants/augmented.yaml names."""
+    work = tmp_path_factory.mktemp("work")
+    out = work / "data" / "synthcaps_aug" / "rules.csv"
+    captions = synthcaps / "clotho_captions_development.csv"
+    main(["augment", "--backend", "rules", "--n", "1", "--input", str(captions), "--output", str(out), "--no_progress"])
+    return work
+
+
+DEMO_WITH_VARIANT = [
+    "--config",
+    str(REPO / "configs" / "demo.yaml"),
+    "--config",
+    str(REPO / "configs" / "demo_variants" / "augmented.yaml"),
+]
+
+
+def test_inspect_merges_configs_and_takes_overrides(augmented_demo_dir, synthcaps, capsys, monkeypatch):
+    monkeypatch.chdir(augmented_demo_dir)  # the variant's paraphrases: data/synthcaps_aug/rules.csv
+    main(["inspect", *DEMO_WITH_VARIANT, "--data.source.root", str(synthcaps), "--stages", "[train]"])
+    printed = capsys.readouterr().out
+    assert f"source: Clotho(root='{synthcaps}')" in printed  # the override, not demo.yaml's root
+    match = re.search(r"train  split 'development': 40 clips, 200 captions, (\d+) augmented", printed)
+    assert match and int(match.group(1)) == 100, printed  # half the 200 paraphrases: the variant's ratio 0.5
+
+
+def test_extract_merges_configs_and_takes_overrides(augmented_demo_dir, synthcaps, capsys, monkeypatch):
+    from tests.helpers import minilm_dir
+
+    monkeypatch.chdir(augmented_demo_dir)
+    cache = augmented_demo_dir / "cache"
+    text_model = "--model.matcher.init_args.text_encoder.init_args.model_name"
+    overrides = ["--data.source.root", str(synthcaps), "--data.feature_cache", str(cache), text_model, str(minilm_dir())]
+    main(["extract", *DEMO_WITH_VARIANT, *overrides, "--stages", "[test]"])
+    printed = capsys.readouterr().out
+    assert "audio encoder is trained (frozen: false): its outputs are not cached" in printed
+    assert re.search(r"text +evaluation +50 items: 50 encoded", printed), printed
+    assert f"features in {cache}" in printed and list(cache.rglob("shard-*.pt"))
+
+
+def test_tool_option_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", "--config", str(REPO / "configs" / "demo.yaml"), "--data.on_bad_audio", "ignore"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lacoat inspect: error: invalid config or option:") and "on_bad_audio" in err
+    assert err.count("\n") == 1, err

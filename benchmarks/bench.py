@@ -10,7 +10,8 @@ Sections (each runs in its own process, so each reports its own peak RSS):
   two-stage with K = 16, 32, 64;
 * ``training_online`` / ``training_cached``: training pairs per second with frozen encoders (a
   random-weight CLAP HTSAT-tiny and all-MiniLM-L6-v2) reading audio, or the ``lacoat extract`` cache;
-* ``search``: ``lacoat index`` of 200 SynthCaps clips, re-indexing after 10 new files, search latency.
+* ``search``: ``lacoat index`` of 200 SynthCaps clips, re-indexing after 10 new files, search latency,
+  and ``n100k``, a 100,000-clip index (``benchmarks/search_bench.py``).
 Timings are printed and saved; tests never assert on them.
 """
 
@@ -248,62 +249,12 @@ def training(cached: bool, steps: int = 8, batch_size: int = 16) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def search_bench(n_clips: int = 200, n_new: int = 10, n_queries: int = 10) -> dict:
-    """``lacoat index`` of 200 SynthCaps clips, re-index after 10 new files, search latency."""
-    import pandas as pd
+def search_bench() -> dict:
+    """``lacoat index`` of 200 SynthCaps clips, re-index after 10 new files, search latency, and the
+    100,000-clip index ``n100k`` (``benchmarks/search_bench.py``)."""
+    from benchmarks.search_bench import search_section
 
-    from lacoat.retrieval.library import build_index, load_model, search
-
-    ckpt = demo_checkpoint()
-    source = REPO / "data" / "synthcaps" / "evaluation"
-    files = sorted(source.iterdir())[:n_clips]
-    captions = pd.read_csv(REPO / "data" / "synthcaps" / "clotho_captions_evaluation.csv", dtype=str)
-    queries = captions["caption_1"].tolist()[:n_queries]
-    work = Path(tempfile.mkdtemp(prefix="lacoat-bench-"))
-    try:
-        library, index = work / "library", work / "index.pt"
-        library.mkdir()
-        for f in files[: n_clips - n_new]:
-            shutil.copy(f, library / f.name)
-        start = time.perf_counter()
-        first = build_index(str(ckpt), str(library), str(index))
-        first_seconds = time.perf_counter() - start
-        for f in files[n_clips - n_new :]:
-            shutil.copy(f, library / f.name)
-        start = time.perf_counter()
-        again = build_index(str(ckpt), str(library), str(index))
-        again_seconds = time.perf_counter() - start
-        model = load_model(ckpt)
-        search(str(index), queries[0], model=model)  # warm-up
-        latencies = []
-        for q in queries:
-            start = time.perf_counter()
-            search(str(index), q, k=10, rerank_k=64, model=model)
-            latencies.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        cli = subprocess.run(
-            [sys.executable, "-m", "lacoat", "search", "--index", str(index), queries[0]],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        cli_seconds = time.perf_counter() - start
-        return {
-            "index_clips": again["total"],
-            "first_index": {"encoded": first["encoded"], "seconds": round(first_seconds, 1)},
-            "reindex_after_new_files": {
-                "new_files": n_new,
-                "encoded": again["encoded"],
-                "kept": again["kept"],
-                "seconds": round(again_seconds, 2),
-            },
-            "search_seconds_mean": round(sum(latencies) / len(latencies), 3),
-            "search_seconds_max": round(max(latencies), 3),
-            "cli_search_wall_seconds": round(cli_seconds, 2),
-            "cli_output_lines": len(cli.stdout.splitlines()),
-        }
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    return search_section(demo_checkpoint())
 
 
 SECTIONS = {
@@ -347,6 +298,12 @@ def report(results: dict) -> None:
             f"CLI {r['cli_search_wall_seconds']:.2f} s; re-index after {r['reindex_after_new_files']['new_files']} "
             f"new files encoded {r['reindex_after_new_files']['encoded']}"
         )
+        if "n100k" in r:
+            n = r["n100k"]
+            print(
+                f"search.n100k: {n['index_mb']} MB, warm query {n['warm_query_s']} s, CLI ÷ import torch "
+                f"{n['cli_vs_import_torch']}, re-index of 10 new touched {n['reindex_10_written_fraction']:.2%}"
+            )
     for name, r in results.items():
         if isinstance(r, dict) and "peak_rss_mb" in r:
             print(f"peak RSS {name}: {r['peak_rss_mb']} MB")

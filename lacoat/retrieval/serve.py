@@ -2,8 +2,8 @@
 
 The model and the index are loaded once (a ``Library``); each request is one query. Routes:
 
-* ``GET /`` — the page: a query box, ranked results with an audio player each, score, duration,
-  and the co-attention map of a result on demand;
+* ``GET /[?q=TEXT&k=N]`` — the page: a query box, ranked results with an audio player each, score,
+  duration, and the co-attention map of a result on demand (with ``q``, it searches at once);
 * ``GET /api/search?q=TEXT&k=N[&rerank_k=K]`` — JSON list of ``{rank, file, score, start,
   duration}`` (``file`` relative to the library); a bad query or count is a 400 with ``{"detail"}``;
 * ``GET /audio/FILE`` — the audio file FILE (relative to the library), only if the index holds it:
@@ -77,7 +77,14 @@ document.getElementById("f").onsubmit = async (ev) => {
     return row;
   }));
   table.hidden = false;
+  history.replaceState(null, "", `?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}`);
 };
+const asked = new URLSearchParams(location.search);  // /?q=TEXT&k=N: a bookmarkable search
+if (asked.get("q")) {
+  document.getElementById("q").value = asked.get("q");
+  document.getElementById("k").value = asked.get("k") || 10;
+  document.getElementById("f").requestSubmit();
+}
 </script></body></html>
 """
 

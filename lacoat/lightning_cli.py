@@ -135,6 +135,8 @@ class LacoatCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         for key, value in self._eval_settings.items():
             config.model[key] = value
+        if self.subcommand == "test":
+            config.verbose = False  # after_test prints the metrics, once
         if config.trainer.get("precision") is None:
             config.trainer.precision = "bf16-mixed" if torch.cuda.is_available() else "32-true"
         loggers = config.trainer.get("logger")

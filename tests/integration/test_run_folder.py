@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from lacoat.cli import main
 from tests.conftest import REPO
 from tests.integration.test_train import write_config
 
@@ -17,7 +18,7 @@ def files_under(folder: Path) -> set[Path]:
     return {path for path in folder.rglob("*") if path.is_file()}
 
 
-def test_default_root_dir_holds_the_whole_run_and_the_console_is_quiet(tmp_path, synthcaps):
+def test_default_root_dir_holds_the_whole_run_and_the_console_is_quiet(tmp_path, synthcaps, capsys, monkeypatch):
     config = write_config(tmp_path, synthcaps)  # its CSV logger's save_dir is tmp_path/runs
     cwd, run = tmp_path / "cwd", tmp_path / "elsewhere"
     cwd.mkdir()
@@ -51,3 +52,11 @@ def test_default_root_dir_holds_the_whole_run_and_the_console_is_quiet(tmp_path,
     assert [line for line, n in Counter(messages).items() if n > 1] == []
     assert not re.search(r"\w*Warning\b|warn|^WARNING", console, re.MULTILINE), console[-3000:]
     assert "litlogger" not in console
+
+    monkeypatch.chdir(cwd)
+    main(["test", "--config", str(config), "--trainer.default_root_dir", str(run)])
+    assert all(run in path.parents for path in files_under(tmp_path) - before) and not list(cwd.iterdir())
+    metrics = checkpoints / "test_metrics_rerank.json"
+    assert metrics.is_file()
+    expected = f"\ncheckpoint  {best}\nmetrics     {metrics}\nlogs (CSV)  {run / 'logs' / 'version_1'}\n"
+    assert capsys.readouterr().out.endswith(expected)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from lacoat.errors import AudioReadError, LacoatError
+from lacoat.retrieval.query_encoder import TRACED, load_query_encoder, save_query_encoder
 from lacoat.retrieval.store import ClipVectors, IndexStore, path_id
 
 if TYPE_CHECKING:
@@ -217,7 +218,7 @@ def _instantiate(config: object) -> object:
 
 
 def load_matcher(
-    checkpoint: str | Path, side: Literal["audio", "text", "both"]
+    checkpoint: str | Path, side: Literal["audio", "text", "both", "none"]
 ) -> tuple[AudioTextMatcher, dict]:
     """The matcher of a checkpoint, in eval mode on the CPU.
 
@@ -225,7 +226,7 @@ def load_matcher(
         checkpoint: a .ckpt written by ``lacoat fit``.
         side: ``audio`` builds the audio encoder only (indexing), ``text`` the text encoder only
             (search): the other is a placeholder of the same width and its weights are not loaded;
-            ``both`` builds both (attention maps).
+            ``both`` builds both (attention maps), ``none`` neither (search with a saved text encoder).
 
     Returns:
         The matcher and ``model_settings`` of the checkpoint.
@@ -234,17 +235,28 @@ def load_matcher(
 
     ckpt = read_checkpoint(checkpoint)
     settings = model_settings(ckpt)
-    skip = {"audio": "text_encoder", "text": "audio_encoder", "both": None}[side]
+    skip = {
+        "audio": ("text_encoder",),
+        "text": ("audio_encoder",),
+        "both": (),
+        "none": ("audio_encoder", "text_encoder"),
+    }[side]
     config = settings["matcher"]
+    if "text_encoder" not in skip:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # its "Loading weights" bar says nothing to a user
     try:
-        init = {k: _instantiate(v) for k, v in config["init_args"].items() if k != skip}
-        if skip is not None:
-            init[skip] = _absent(
-                ckpt["state_dict"][f"matcher.{skip.removesuffix('_encoder')}_proj.0.weight"].shape[1]
+        init = {k: _instantiate(v) for k, v in config["init_args"].items() if k not in skip}
+        for name in skip:
+            init[name] = _absent(
+                ckpt["state_dict"][f"matcher.{name.removesuffix('_encoder')}_proj.0.weight"].shape[1]
             )
         matcher = _class(config["class_path"])(**init)
         # frozen encoders a checkpoint leaves out are rebuilt from their source, which must be unchanged
-        built = {f"matcher.{n}": getattr(matcher, n) for n in ("audio_encoder", "text_encoder") if n != skip}
+        built = {
+            f"matcher.{n}": getattr(matcher, n) for n in ("audio_encoder", "text_encoder") if n not in skip
+        }
         view = {
             "state_dict": dict(ckpt["state_dict"]),
             REBUILT: {k: v for k, v in ckpt.get(REBUILT, {}).items() if k in built},
@@ -253,7 +265,7 @@ def load_matcher(
         state = {
             k.removeprefix("matcher."): v
             for k, v in view["state_dict"].items()
-            if k.startswith("matcher.") and (skip is None or not k.startswith(f"matcher.{skip}."))
+            if k.startswith("matcher.") and not any(k.startswith(f"matcher.{n}.") for n in skip)
         }
         missing, unexpected = matcher.load_state_dict(state, strict=False)
     except (KeyError, TypeError, ValueError, RuntimeError, ImportError, AttributeError) as err:
@@ -614,6 +626,8 @@ def build_index(
     matcher, settings = load_matcher(ckpt_path, "audio") if probed or store is None else (None, None)
     if store is None:
         store = IndexStore.create(out_path, index_meta(ckpt_path, folder, matcher, settings, segment_seconds))
+    if not (out_path / TRACED).is_file():  # queries then need no transformers (query_encoder.py)
+        save_query_encoder(load_matcher(ckpt_path, "text")[0].text_encoder, out_path, fingerprint)
     if probed:
         encoder = matcher.audio_encoder
         encode = _Encoder(matcher, store, stats, batch_size, report)
@@ -690,10 +704,12 @@ class Library:
                 f"index '{index}' holds no clips; check the audio folder and re-run `lacoat index`."
             )
         self.folder, self.checkpoint = Path(meta["audio_dir"]), ckpt
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # a "Loading weights" bar on every query otherwise
-        self.matcher, settings = load_matcher(ckpt, "text")
+        traced = load_query_encoder(Path(index), fingerprint)
+        if traced is not None:
+            self.matcher, settings = load_matcher(ckpt, "none")
+            self.matcher.text_encoder = traced
+        else:
+            self.matcher, settings = load_matcher(ckpt, "text")
         self.fusion_alpha = settings["fusion_alpha"]
         emb = np.asarray(self.store.embeddings()[self.clips.emb_row], dtype=np.float32)
         self.embeddings = torch.from_numpy(emb)  # [N, E]; tokens stay on disk until shortlisted

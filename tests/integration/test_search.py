@@ -396,3 +396,36 @@ def test_a_messy_library_indexes_every_readable_file(checkpoint, tmp_path, monke
     hits = search(str(out), "a steady tone", k=100)
     assert {h.file for h in hits} == readable
     assert all(h.duration == pytest.approx(1.5, abs=0.05) for h in hits)
+
+
+def test_queries_use_the_saved_text_encoder_and_rank_as_transformers_does(checkpoint, library, tmp_path):
+    from lacoat.retrieval.library import Library
+    from lacoat.retrieval.query_encoder import TRACED, TracedTextEncoder
+
+    out = tmp_path / "lib.idx"
+    build_index(str(checkpoint), str(library), str(out))
+    query = "two knocks, then a low hum"
+    saved = Library(out)
+    assert isinstance(saved.matcher.text_encoder, TracedTextEncoder)
+    fast = saved.search(query, k=10, rerank_k=4)
+    (out / TRACED).unlink()  # an index without it loads the encoder with transformers
+    slow = Library(out).search(query, k=10, rerank_k=4)
+    assert [h.file for h in fast] == [h.file for h in slow]
+    assert [h.score for h in fast] == pytest.approx([h.score for h in slow], abs=1e-4)
+    build_index(str(checkpoint), str(library), str(out))  # the next build saves it again
+    assert (out / TRACED).is_file()
+
+
+def test_search_from_the_shell_imports_neither_lightning_nor_transformers(checkpoint, library, tmp_path):
+    out = tmp_path / "lib.idx"
+    build_index(str(checkpoint), str(library), str(out))
+    code = (
+        "import sys\n"
+        "from lacoat.cli import main\n"
+        f"main(['search', '--index', {str(out)!r}, 'a bell', '-k', '2'])\n"
+        "heavy = {'lightning', 'torchmetrics', 'transformers', 'librosa', 'torch._dynamo'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(done.stdout.splitlines()) == 3

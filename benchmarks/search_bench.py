@@ -105,11 +105,13 @@ def _write_synthetic_index(
 ) -> None:
     """100,000 placeholder files and an index of random vectors that records them as encoded."""
     from lacoat.retrieval.library import index_meta, load_matcher
+    from lacoat.retrieval.query_encoder import save_query_encoder
     from lacoat.retrieval.store import ClipVectors, IndexStore
 
     matcher, settings = load_matcher(ckpt, "text")
     store = IndexStore.create(index, index_meta(ckpt.resolve(), library.resolve(), matcher, settings, 30.0))
     meta = store.meta
+    save_query_encoder(matcher.text_encoder, index, meta["checkpoint_fingerprint"])  # as build_index does
     e, d = meta["embed_dim"], meta["token_dim"]
     rng = np.random.default_rng(0)
     chunk = 5000

@@ -103,7 +103,7 @@ def saved_bytes(matcher: AudioTextMatcher, n: int) -> int:
         storage = x.untyped_storage()
         if storage.data_ptr() not in exclude:
             storages[storage.data_ptr()] = storage.nbytes()
-        return x
+        return x.detach()  # x itself would make a reference cycle through its grad_fn
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
         matcher.score_matrix(text, audio)

@@ -399,8 +399,10 @@ def test_a_messy_library_indexes_every_readable_file(checkpoint, tmp_path, monke
 
 
 def test_queries_use_the_saved_text_encoder_and_rank_as_transformers_does(checkpoint, library, tmp_path):
+    import torch
+
     from lacoat.retrieval.library import Library
-    from lacoat.retrieval.query_encoder import TRACED, TracedTextEncoder
+    from lacoat.retrieval.query_encoder import SETTINGS, TRACED, TracedTextEncoder
 
     out = tmp_path / "lib.idx"
     build_index(str(checkpoint), str(library), str(out))
@@ -409,11 +411,21 @@ def test_queries_use_the_saved_text_encoder_and_rank_as_transformers_does(checkp
     assert isinstance(saved.matcher.text_encoder, TracedTextEncoder)
     fast = saved.search(query, k=10, rerank_k=4)
     (out / TRACED).unlink()  # an index without it loads the encoder with transformers
-    slow = Library(out).search(query, k=10, rerank_k=4)
+    transformers = Library(out)
+    assert not isinstance(transformers.matcher.text_encoder, TracedTextEncoder)
+    slow = transformers.search(query, k=10, rerank_k=4)
     assert [h.file for h in fast] == [h.file for h in slow]
     assert [h.score for h in fast] == pytest.approx([h.score for h in slow], abs=1e-4)
+    texts = [query, "a bell"]
+    (fast_tokens, fast_mask), (tokens, mask) = (
+        lib.text_encoder(texts) for lib in (saved.matcher, transformers.matcher)
+    )
+    assert fast_mask.tolist() == mask.tolist() and torch.allclose(fast_tokens, tokens, atol=1e-4)
     build_index(str(checkpoint), str(library), str(out))  # the next build saves it again
     assert (out / TRACED).is_file()
+    settings = json.loads((out / SETTINGS).read_text())
+    (out / SETTINGS).write_text(json.dumps({**settings, "checkpoint_fingerprint": "another model"}))
+    assert not isinstance(Library(out).matcher.text_encoder, TracedTextEncoder)  # not used: not this model's
 
 
 def test_search_from_the_shell_imports_neither_lightning_nor_transformers(checkpoint, library, tmp_path):

@@ -19,6 +19,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lacoat.errors import LacoatError
 
@@ -70,7 +71,8 @@ class ResumeCheckpoint(L.Callback):
     """Keeps ``last.ckpt`` fresh enough to lose little when a run is killed.
 
     Writes ``last.ckpt`` into the checkpoint folder every ``every_n_steps`` training steps and at once
-    when the process receives SIGTERM (Lightning then stops after the current step) or Ctrl-C (SIGINT:
+    when the process receives SIGTERM (the current step is finished and saved, then the run stops with
+    status 0; under DDP a signal to any rank stops every rank after the same step) or Ctrl-C (SIGINT:
     the current step is finished and saved, then the run stops with status 1; a second Ctrl-C stops
     at once, unsaved — a checkpoint taken inside a step would not resume exactly); stores the random
     states in every checkpoint and restores them on resume; leaves them as they were after every
@@ -85,9 +87,9 @@ class ResumeCheckpoint(L.Callback):
     def __init__(self, every_n_steps: int = 200) -> None:
         self.every_n_steps = every_n_steps
         self._before_validation: dict[str, Any] | None = None
-        self._interrupted = False
+        self._interrupted = self._terminated = False
         self._pid: int | None = None
-        self._previous_sigint: Any = None
+        self._previous_handlers: dict[int, Any] = {}
 
     @staticmethod
     def _folder(trainer: L.Trainer) -> Path | None:
@@ -96,17 +98,21 @@ class ResumeCheckpoint(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = self._folder(trainer)
-        if folder is None:
-            return
-        if threading.current_thread() is threading.main_thread():
-            self._interrupted, self._pid = False, os.getpid()
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
-        if not trainer.is_global_zero:
+        if folder is None or not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
             if type(logger).__name__ == "WandbLogger":
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / WANDB_ID_FILE).write_text(logger.experiment.id)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Handle SIGINT and SIGTERM from here on (after Lightning registered its own handlers)."""
+        if self._folder(trainer) is None or threading.current_thread() is not threading.main_thread():
+            return
+        self._interrupted = self._terminated = False
+        self._pid = os.getpid()
+        for signum, handler in ((signal.SIGINT, self._on_sigint), (signal.SIGTERM, self._on_sigterm)):
+            self._previous_handlers[signum] = signal.signal(signum, handler)
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         """First Ctrl-C: finish the training step, then save and stop; a second one stops at once."""
@@ -115,34 +121,60 @@ class ResumeCheckpoint(L.Callback):
         if self._interrupted:
             raise KeyboardInterrupt
         self._interrupted = True
-        os.write(2, b"\nCtrl-C: saving last.ckpt after this training step, then stopping (Ctrl-C again: stop now)\n")
+        os.write(
+            2,
+            b"\nCtrl-C: saving last.ckpt after this training step, then stopping (Ctrl-C again: stop now)\n",
+        )
 
-    def _restore_sigint(self) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        """SIGTERM (a scheduler's pre-emption, to one rank or all): finish the step, then save and stop.
+        Replaces Lightning's handler, which runs a collective inside the handler of the signalled rank
+        only and so leaves the ranks waiting in mismatched collectives."""
+        self._terminated = True
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_sigint()
+    def _restore_signals(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers = {}
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_signals()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._restore_sigint()
+        self._restore_signals()
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         folder = self._folder(trainer)
         if folder is None:
             return
         step = trainer.global_step
-        interrupted = trainer.strategy.broadcast(self._interrupted)  # rank 0's Ctrl-C stops every rank
-        if trainer.received_sigterm or interrupted or (self.every_n_steps and step % self.every_n_steps == 0):
-            trainer.save_checkpoint(folder / "last.ckpt")
-            if trainer.received_sigterm or interrupted:
-                signal_name = "SIGTERM" if trainer.received_sigterm else "Ctrl-C"
+        # A signal reaches one rank or all: every rank learns of any (saving is collective, and a rank
+        # that stopped alone would leave the others waiting in the next step's collectives).
+        flags = torch.tensor(
+            [float(self._terminated or trainer.received_sigterm), float(self._interrupted)],
+            device=pl_module.device,
+        )
+        if trainer.world_size > 1:
+            flags = trainer.strategy.reduce(flags, reduce_op="max")
+        sigterm, interrupted = bool(flags[0]), bool(flags[1])
+        if sigterm or interrupted or (self.every_n_steps and step % self.every_n_steps == 0):
+            trainer.save_checkpoint(
+                folder / "last.ckpt", weights_only=False
+            )  # all state, said (no INFO line)
+            if (sigterm or interrupted) and trainer.is_global_zero:
+                signal_name = "Ctrl-C" if interrupted else "SIGTERM"
                 log.warning(
-                    "%s: saved %s at step %d; resume with --ckpt_path last", signal_name, folder / "last.ckpt", step
+                    "%s: saved %s at step %d; resume with --ckpt_path last",
+                    signal_name,
+                    folder / "last.ckpt",
+                    step,
                 )
             if interrupted:
                 raise KeyboardInterrupt  # Lightning stops and exits with status 1
+            if sigterm:
+                raise SIGTERMException  # every rank stops here, after the same step (exit status 0)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._before_validation = rng_states()  # its loaders draw worker seeds from the global generator

@@ -7,13 +7,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO
 
-SKIP_ALL_ON_ONE_RANK = """
+COMMON = """
 import lightning as L
 import torch
 from torch import nn
@@ -29,10 +31,16 @@ D = 8
 class Stub(nn.Module):  # the batches carry cached encoder outputs: no encoder runs
     dim, frozen = D, True
 
+    def source_fingerprint(self):
+        return None
+
 
 class Cached(torch.utils.data.Dataset):
+    def __init__(self, length):
+        self.length = length
+
     def __len__(self):
-        return 32
+        return self.length
 
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
@@ -51,33 +59,71 @@ def collate(items):
 
 
 class Data(L.LightningDataModule):
+    def __init__(self, skip_all_at=None, length=32):
+        super().__init__()
+        self.skip_all_at, self.length = skip_all_at, length  # (rank, step) whose batch loses every item
+
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(Cached(), batch_size=4, collate_fn=collate)
+        return torch.utils.data.DataLoader(Cached(self.length), batch_size=4, collate_fn=collate)
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
-        if self.trainer.global_rank == 1 and self.trainer.global_step == 1:  # on_bad_audio: skip took all
+        if (self.trainer.global_rank, self.trainer.global_step) == self.skip_all_at:  # on_bad_audio: skip
             return {"n_skipped": len(batch["clip_index"])}
         return batch
 
 
 torch.manual_seed(0)
 matcher = AudioTextMatcher(Stub(), Stub(), IteratingCascade(D, 2, layers=1), d_model=D, embed_dim=4)
+"""
+
+SKIP_ALL_ON_ONE_RANK = (
+    COMMON
+    + """
 model = LacoatModule(matcher, NTXentLoss(temperature=0.1, aux_weight=0.5), gather_negatives=True)
 trainer = L.Trainer(
     accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False, enable_checkpointing=False,
     enable_progress_bar=False, enable_model_summary=False,
 )
-trainer.fit(model, datamodule=Data())
+trainer.fit(model, datamodule=Data(skip_all_at=(1, 1)))
 print("steps", trainer.global_step)
 """
+)
+
+SIGTERM_TO_ONE_RANK = (
+    COMMON
+    + """
+import os
+import time
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lacoat.resume import ResumeCheckpoint
 
 
-def run_with_timeout(script: str, folder: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    """Run ``script`` (Lightning relaunches it for rank 1); a hang kills the whole process group."""
+class Slow(L.Callback):  # a step every 0.2 s; each rank's pid and step on disk for the test
+    def on_train_batch_end(self, trainer, *args):
+        Path(f"rank{trainer.global_rank}.step").write_text(f"{os.getpid()} {trainer.global_step}")
+        time.sleep(0.2)
+
+
+model = LacoatModule(matcher, NTXentLoss(temperature=0.1, aux_weight=0.5))
+checkpoints = ModelCheckpoint(dirpath="checkpoints", save_top_k=0)
+trainer = L.Trainer(
+    accelerator="cpu", devices=2, strategy="ddp", max_steps=400, logger=False, enable_progress_bar=False,
+    enable_model_summary=False, callbacks=[checkpoints, ResumeCheckpoint(every_n_steps=0), Slow()],
+)
+trainer.fit(model, datamodule=Data(length=4000))
+"""
+)
+
+
+def start(script: str, folder: Path) -> subprocess.Popen:
+    """Start ``script`` in ``folder`` (Lightning relaunches it for rank 1) in its own process group."""
     path = folder / "script.py"
     path.write_text(textwrap.dedent(script))
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, str(path)],
         cwd=folder,
         env=env,
@@ -86,6 +132,10 @@ def run_with_timeout(script: str, folder: Path, timeout: float = 180) -> subproc
         text=True,
         start_new_session=True,
     )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Wait for ``proc``; a hang kills its whole process group and fails the test."""
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -97,6 +147,23 @@ def run_with_timeout(script: str, folder: Path, timeout: float = 180) -> subproc
 
 @pytest.mark.slow
 def test_a_rank_whose_batch_was_all_skipped_does_not_hang_the_global_batch(tmp_path):
-    done = run_with_timeout(SKIP_ALL_ON_ONE_RANK, tmp_path)
+    done = finish(start(SKIP_ALL_ON_ONE_RANK, tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "steps 3" in done.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_saves_last_ckpt_on_every_rank_and_stops_them_all(tmp_path):
+    proc = start(SIGTERM_TO_ONE_RANK, tmp_path)
+    rank1 = tmp_path / "rank1.step"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if rank1.is_file() and rank1.read_text().count(" ") == 1 and int(rank1.read_text().split()[1]) >= 3:
+            break
+        time.sleep(0.05)
+    pid, step = (int(v) for v in rank1.read_text().split())
+    os.kill(pid, signal.SIGTERM)  # as a scheduler that signals one task would
+    done = finish(proc, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert step <= saved["global_step"] < 400

@@ -11,7 +11,9 @@ Sections (each runs in its own process, so each reports its own peak RSS):
 * ``training_online`` / ``training_cached``: training pairs per second with frozen encoders (a
   random-weight CLAP HTSAT-tiny and all-MiniLM-L6-v2) reading audio, or the ``lacoat extract`` cache;
 * ``search``: ``lacoat index`` of 200 SynthCaps clips, re-indexing after 10 new files, search latency,
-  and ``n100k``, a 100,000-clip index (``benchmarks/search_bench.py``).
+  and ``n100k``, a 100,000-clip index (``benchmarks/search_bench.py``);
+* ``train_memory``: memory of B×B pair training of the Clotho heads with and without recomputed pair
+  chunks, and the step-time cost of recomputing (``benchmarks/train_memory.py``).
 Timings are printed and saved; tests never assert on them.
 """
 
@@ -257,6 +259,13 @@ def search_bench() -> dict:
     return search_section(demo_checkpoint())
 
 
+def train_memory() -> dict:
+    """Memory of B×B pair training, plain and recomputed (``benchmarks/train_memory.py``)."""
+    from benchmarks.train_memory import train_memory as section
+
+    return section()
+
+
 SECTIONS = {
     "pair_scoring": lambda: {size: pair_scoring(size) for size in SIZES},
     "clotho_size": clotho_size,
@@ -264,6 +273,7 @@ SECTIONS = {
     "training_online": lambda: training(cached=False),
     "training_cached": lambda: training(cached=True),
     "search": search_bench,
+    "train_memory": train_memory,
 }
 
 
@@ -303,6 +313,12 @@ def report(results: dict) -> None:
             print(
                 f"search.n100k: {n['index_mb']} MB, warm query {n['warm_query_s']} s, CLI ÷ import torch "
                 f"{n['cli_vs_import_torch']}, re-index of 10 new touched {n['reindex_10_written_fraction']:.2%}"
+            )
+    for name, r in results.get("train_memory", {}).items():
+        if isinstance(r, dict) and "bf16_plain_gib" in r:
+            print(
+                f"train_memory.{name:<9} bf16 {r['bf16_plain_gib']:>7.2f} GiB plain, "
+                f"{r['bf16_recompute_gib']:>6.2f} GiB recomputed; time ×{r['recompute_time_ratio']:.2f}"
             )
     for name, r in results.items():
         if isinstance(r, dict) and "peak_rss_mb" in r:

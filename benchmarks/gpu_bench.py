@@ -183,8 +183,8 @@ def train_step(name: str, b: int, recompute: bool, size: Size, device: torch.dev
 
 
 def train_steps(size: Size, device: torch.device) -> dict:
-    """``train_step`` of both heads at every batch size, recomputed and plain; a step that runs out of
-    device memory is reported as ``"oom"``."""
+    """``train_step`` of both heads at every batch size, recomputed and plain, and the ratio of their
+    step times; a step that runs out of device memory is reported as ``"oom"``."""
     out: dict = {}
     for name in ("iter", "stack"):
         for b in size.batches:
@@ -196,6 +196,9 @@ def train_steps(size: Size, device: torch.device) -> dict:
                     out[key] = "oom"
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+            recomputed, plain = out[f"{name}_b{b}_recompute"], out[f"{name}_b{b}_plain"]
+            if isinstance(recomputed, dict) and isinstance(plain, dict):  # step time with ÷ without
+                out[f"{name}_b{b}_time_ratio"] = round(recomputed["seconds"] / plain["seconds"], 3)
     return out
 
 

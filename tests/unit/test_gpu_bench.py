@@ -13,9 +13,13 @@ def test_gpu_bench_runs_every_part_on_the_cpu():
     assert scoring["pairs_per_s"] > 0 and scoring["matmul_bf16_tflops"] > 0 and scoring["matmul_ratio"] > 0
     steps = out["train_step"]
     assert set(steps) == {
-        f"{name}_b{b}_{mode}" for name in ("iter", "stack") for b in (2,) for mode in ("recompute", "plain")
+        f"{name}_b2_{entry}" for name in ("iter", "stack") for entry in ("recompute", "plain", "time_ratio")
     }
-    assert all(s["peak_gib"] is None and s["seconds"] > 0 for s in steps.values())  # no peak on the CPU
+    runs = [s for key, s in steps.items() if not key.endswith("time_ratio")]
+    assert all(s["peak_gib"] is None and s["seconds"] > 0 for s in runs)  # no peak on the CPU
+    assert steps["iter_b2_time_ratio"] == round(
+        steps["iter_b2_recompute"]["seconds"] / steps["iter_b2_plain"]["seconds"], 3
+    )
     evaluation = out["clotho_eval"]
     assert evaluation["texts"] == 20 and evaluation["exhaustive_seconds"] >= 0
     assert evaluation["rerank_k3_seconds"] >= 0

@@ -25,19 +25,23 @@ Conventions added to LightningCLI:
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 
 from lacoat.data.datamodule import RetrievalDataModule
 from lacoat.errors import LacoatError
+from lacoat.io import atomic_write
 from lacoat.module import LacoatModule
 from lacoat.resume import WANDB_ID_FILE, ResumeCheckpoint, latest_run_with_last
 
@@ -93,6 +97,40 @@ def name_wandb_run(init_args, config_stems: list[str]) -> None:
         init_args["log_model"] = False
 
 
+def stash_csv_metrics(log_dir: Path) -> None:
+    """Keep the CSV metrics of a run that is resumed in its log folder: Lightning's ``CSVLogger`` deletes
+    ``metrics.csv`` there, so it moves aside to ``metrics-part<k>.csv`` until ``join_csv_metrics``."""
+    current = log_dir / "metrics.csv"
+    if current.is_file():
+        current.rename(log_dir / f"metrics-part{len(list(log_dir.glob('metrics-part*.csv')))}.csv")
+
+
+def join_csv_metrics(log_dir: Path) -> None:
+    """Join the parts ``stash_csv_metrics`` kept and the resumed run's ``metrics.csv`` into
+    ``metrics.csv``, in order; a part's rows from the step its successor starts at on are dropped (the
+    steps after the checkpoint, which the resumed run did again)."""
+    parts = sorted(log_dir.glob("metrics-part*.csv"), key=lambda p: int(p.stem.removeprefix("metrics-part")))
+    if not parts:
+        return
+    tables = [_read_csv(path) for path in [*parts, log_dir / "metrics.csv"] if path.is_file()]
+    rows: list[dict[str, str]] = []
+    for table, successor in zip(tables, [*tables[1:], []], strict=True):
+        start = min((int(row["step"]) for row in successor), default=None)
+        rows += [row for row in table if start is None or int(row["step"]) < start]
+    fields = sorted({key for row in rows for key in row})
+    with atomic_write(log_dir / "metrics.csv", "w") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    for path in parts:
+        path.unlink()
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
 def format_table(metrics: dict[str, float]) -> str:
     """Metrics as an aligned two-column table."""
     width = max(map(len, metrics))
@@ -119,7 +157,10 @@ class LacoatCLI(LightningCLI):
         parser.set_defaults(
             {
                 "trainer.plugins": [{"class_path": "lacoat.io.AtomicCheckpointIO"}],
-                "trainer.logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": DEFAULT_LOGS},
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": DEFAULT_LOGS,
+                },
             }
         )
 
@@ -176,6 +217,14 @@ class LacoatCLI(LightningCLI):
                     lg.init_args["resume"] = "allow"
             elif "version" in lg.init_args:
                 lg.init_args["version"] = folder.name
+                if lg.class_path.endswith("CSVLogger"):
+                    stash_csv_metrics(
+                        Path(lg.init_args.save_dir, lg.init_args.get("name") or "", folder.name)
+                    )
+        for expected in ("Experiment logs directory", "Checkpoint directory"):  # "… exists and is not empty"
+            warnings.filterwarnings(
+                "ignore", message=f"{expected} .* exists and is not empty", module=r"lightning\."
+            )
 
     # ---- fit ----------------------------------------------------------------------------------
     def before_fit(self) -> None:
@@ -198,6 +247,9 @@ class LacoatCLI(LightningCLI):
             rows["best checkpoint"] = f"{callback.best_model_path}  ({score})"
         if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
             rows["last checkpoint"] = callback.last_model_path
+        for logger in self.trainer.loggers if self.trainer.is_global_zero else []:
+            if isinstance(logger, CSVLogger):
+                join_csv_metrics(Path(logger.log_dir))
         self._print_where(rows)
 
     def _print_where(self, rows: dict[str, str]) -> None:
@@ -273,7 +325,9 @@ def run(argv: list[str]) -> None:
     LacoatCLI(
         LacoatModule,
         RetrievalDataModule,
-        args=None if argv == sys.argv[1:] else argv,  # None: LightningCLI reads sys.argv (given both, it warns)
+        args=None
+        if argv == sys.argv[1:]
+        else argv,  # None: LightningCLI reads sys.argv (given both, it warns)
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         parser_kwargs={"default_env": False},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import signal
@@ -157,20 +158,48 @@ def test_ctrl_c_saves_the_step_and_resumes(tmp_path, synthcaps):
     # last.ckpt only on a signal; the validation at step 8 writes best-….ckpt (and, save_last, last.ckpt)
     extra = ("--resume.every_n_steps", "0", "--trainer.max_steps", "40")
     proc = subprocess.Popen(
-        fit_command(config, root, *extra), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        fit_command(config, root, *extra),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None and not list(root.glob("checkpoints/*/best-*.ckpt")):
+    while (
+        time.monotonic() < deadline
+        and proc.poll() is None
+        and not list(root.glob("checkpoints/*/best-*.ckpt"))
+    ):
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before Ctrl-C: " + proc.stdout.read()[-2000:]
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode != 0 and "Traceback" not in out, out[-3000:]
+    tail = out[-3000:]
+    assert proc.returncode != 0 and "Traceback" not in out, tail
     assert out.count("graceful shutdown") <= 1
-    assert re.search(r"Ctrl-C: saved \S+last\.ckpt at step \d+; resume with --ckpt_path last", out), out[-3000:]
+    assert re.search(r"Ctrl-C: saved \S+last\.ckpt at step \d+; resume with --ckpt_path last", out), tail
     step = saved_step(next(root.glob("checkpoints/*/last.ckpt")))
     assert 8 < step < 40, "last.ckpt must hold the step Ctrl-C ended, not the validation's save at step 8"
 
-    main(["fit", "--config", str(config), "--trainer.default_root_dir", str(root), *STEPS, *extra, "--ckpt_path", "last"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(root),
+            *STEPS,
+            *extra,
+            "--ckpt_path",
+            "last",
+        ]
+    )
     assert len(list(root.glob("checkpoints/*"))) == 1
     assert saved_step(next(root.glob("checkpoints/*/last.ckpt"))) == 40
+    # the CSV logs of both parts in one metrics.csv (Lightning's CSVLogger deletes the file on resume):
+    # each training step once, in order, from the first (the stopped step's row is not logged)
+    logs = root / "logs" / "version_0"
+    with (logs / "metrics.csv").open() as f:
+        train_steps = [int(row["step"]) for row in csv.DictReader(f) if row["train/loss"]]
+    assert train_steps == sorted(set(train_steps)) and set(range(step - 1)) <= set(train_steps)
+    assert train_steps[-1] >= 38 and not list(logs.glob("metrics-part*.csv"))

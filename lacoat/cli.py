@@ -105,7 +105,11 @@ def quiet_console() -> None:
     for message, category, module in (
         ("'set_vital' is deprecated", UserWarning, r"torchdata\."),
         (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning, r"lightning\.pytorch\."),
-        (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning, r"lightning\.pytorch\."),
+        (
+            r"Found \d+ module\(s\) in eval mode at the start of training",
+            UserWarning,
+            r"lightning\.pytorch\.",
+        ),
     ):
         warnings.filterwarnings("ignore", message=message, category=category, module=module)
 

@@ -18,7 +18,16 @@ if TYPE_CHECKING:
     from jsonargparse import ArgumentParser, Namespace
 
 # the top-level keys of a `lacoat fit` config (tests/integration/test_cli.py keeps this list complete)
-RUN_KEYS = ("seed_everything", "trainer", "model", "data", "checkpoint", "resume", "ckpt_path", "weights_only")
+RUN_KEYS = (
+    "seed_everything",
+    "trainer",
+    "model",
+    "data",
+    "checkpoint",
+    "resume",
+    "ckpt_path",
+    "weights_only",
+)
 
 
 def sections_parser(prog: str, description: str, sections: dict[str, type]) -> ArgumentParser:
@@ -29,12 +38,20 @@ def sections_parser(prog: str, description: str, sections: dict[str, type]) -> A
     from jsonargparse import ActionConfigFile
     from lightning.pytorch.cli import LightningArgumentParser
 
-    parser = LightningArgumentParser(prog=prog, description=description, exit_on_error=False, default_env=False)
-    parser.add_argument(
-        "-c", "--config", action=ActionConfigFile, help="a lacoat config (YAML); several are merged, later files win"
+    parser = LightningArgumentParser(
+        prog=prog, description=description, exit_on_error=False, default_env=False
     )
     parser.add_argument(
-        "--seed_everything", type=bool | int | None, default=None, help="seed before building (from the config)"
+        "-c",
+        "--config",
+        action=ActionConfigFile,
+        help="a lacoat config (YAML); several are merged, later files win",
+    )
+    parser.add_argument(
+        "--seed_everything",
+        type=bool | int | None,
+        default=None,
+        help="seed before building (from the config)",
     )
     for key, cls in sections.items():
         parser.add_lightning_class_args(cls, key)
@@ -44,7 +61,9 @@ def sections_parser(prog: str, description: str, sections: dict[str, type]) -> A
     return parser
 
 
-def parse_and_build(parser: ArgumentParser, argv: list[str], sections: list[str]) -> tuple[Namespace, dict[str, Any]]:
+def parse_and_build(
+    parser: ArgumentParser, argv: list[str], sections: list[str]
+) -> tuple[Namespace, dict[str, Any]]:
     """Parse ``argv`` with a ``sections_parser``, seed as ``seed_everything`` says, build ``sections``.
 
     Returns:

@@ -91,7 +91,20 @@ def augmented_demo_dir(tmp_path_factory, synthcaps) -> Path:
     work = tmp_path_factory.mktemp("work")
     out = work / "data" / "synthcaps_aug" / "rules.csv"
     captions = synthcaps / "clotho_captions_development.csv"
-    main(["augment", "--backend", "rules", "--n", "1", "--input", str(captions), "--output", str(out), "--no_progress"])
+    main(
+        [
+            "augment",
+            "--backend",
+            "rules",
+            "--n",
+            "1",
+            "--input",
+            str(captions),
+            "--output",
+            str(out),
+            "--no_progress",
+        ]
+    )
     return work
 
 
@@ -118,7 +131,14 @@ def test_extract_merges_configs_and_takes_overrides(augmented_demo_dir, synthcap
     monkeypatch.chdir(augmented_demo_dir)
     cache = augmented_demo_dir / "cache"
     text_model = "--model.matcher.init_args.text_encoder.init_args.model_name"
-    overrides = ["--data.source.root", str(synthcaps), "--data.feature_cache", str(cache), text_model, str(minilm_dir())]
+    overrides = [
+        "--data.source.root",
+        str(synthcaps),
+        "--data.feature_cache",
+        str(cache),
+        text_model,
+        str(minilm_dir()),
+    ]
     main(["extract", *DEMO_WITH_VARIANT, *overrides, "--stages", "[test]"])
     printed = capsys.readouterr().out
     assert "audio encoder is trained (frozen: false): its outputs are not cached" in printed

@@ -18,13 +18,26 @@ def files_under(folder: Path) -> set[Path]:
     return {path for path in folder.rglob("*") if path.is_file()}
 
 
-def test_default_root_dir_holds_the_whole_run_and_the_console_is_quiet(tmp_path, synthcaps, capsys, monkeypatch):
+def test_default_root_dir_holds_the_whole_run_and_the_console_is_quiet(
+    tmp_path, synthcaps, capsys, monkeypatch
+):
     config = write_config(tmp_path, synthcaps)  # its CSV logger's save_dir is tmp_path/runs
     cwd, run = tmp_path / "cwd", tmp_path / "elsewhere"
     cwd.mkdir()
     before = files_under(tmp_path)
     out = subprocess.run(
-        [sys.executable, "-m", "lacoat", "fit", "--config", str(config), "--trainer.default_root_dir", str(run)],
+        [
+            sys.executable,
+            "-m",
+            "lacoat",
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(run),
+            "--resume.every_n_steps",  # last.ckpt thrice: nothing said about it thrice
+            "2",
+        ],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
@@ -39,7 +52,10 @@ def test_default_root_dir_holds_the_whole_run_and_the_console_is_quiet(tmp_path,
 
     console = out.stdout + out.stderr
     best = next(checkpoints.glob("best-*.ckpt"))
-    block = re.search(r"run folder +(\S+)\nbest checkpoint +(\S+) .*\nlast checkpoint +(\S+)\nlogs \(CSV\) +(\S+)\n", console)
+    block = re.search(
+        r"run folder +(\S+)\nbest checkpoint +(\S+) .*\nlast checkpoint +(\S+)\nlogs \(CSV\) +(\S+)\n",
+        console,
+    )
     assert block, console[-2000:]
     assert block.groups() == (str(run), str(best), str(checkpoints / "last.ckpt"), str(logs))
 

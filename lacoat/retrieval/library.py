@@ -631,9 +631,10 @@ def build_index(
     if probed:
         encoder = matcher.audio_encoder
         encode = _Encoder(matcher, store, stats, batch_size, report)
-        bar = tqdm(
-            total=round(sum(d for d, _ in probed)),
+        bar = tqdm(  # counts milliseconds of audio, shown as seconds: whole steps, no float drift
+            total=sum(round(d * 1000) for d, _ in probed),
             unit="s",
+            unit_scale=0.001,
             desc="encoding (s of audio)",
             disable=None if progress is None else not progress,
             file=sys.stderr,
@@ -653,9 +654,10 @@ def build_index(
                     log.warning("skipped: %s", err)
                     encode.drop(name)
                     report.skipped.setdefault("unreadable", []).append(name)
-                bar.update(duration)
+                bar.update(round(duration * 1000))
                 bar.set_postfix_str(f"{report.encoded}/{len(probed)} files committed", refresh=False)
             encode.flush()
+            bar.set_postfix_str(f"{report.encoded}/{len(probed)} files committed")
     if store.dead_fraction() > 0.5:
         store.compact()
     report.files = report.unchanged + report.encoded

@@ -441,3 +441,13 @@ def test_search_from_the_shell_imports_neither_lightning_nor_transformers(checkp
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(done.stdout.splitlines()) == 3
+
+
+def test_a_build_shows_its_progress(checkpoint, library, tmp_path, capsys):
+    build_index(str(checkpoint), str(library), str(tmp_path / "lib.idx"), batch_size=4, progress=True)
+    bar = capsys.readouterr().err
+    assert (
+        "encoding (s of audio)" in bar and "10/10 files committed" in bar and "<" in bar
+    )  # ETA: elapsed<left
+    build_index(str(checkpoint), str(library), str(tmp_path / "quiet.idx"), progress=False)
+    assert "encoding" not in capsys.readouterr().err

@@ -451,3 +451,36 @@ def test_a_build_shows_its_progress(checkpoint, library, tmp_path, capsys):
     )  # ETA: elapsed<left
     build_index(str(checkpoint), str(library), str(tmp_path / "quiet.idx"), progress=False)
     assert "encoding" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_build_killed_with_sigkill_resumes(checkpoint, synthcaps, tmp_path):
+    import signal
+    import sqlite3
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    clips = sorted((synthcaps / "evaluation").iterdir())
+    for i in range(200):
+        shutil.copy(clips[i % len(clips)], folder / f"take {i:03d}.wav")
+    out = tmp_path / "lib.idx"
+    cmd = [sys.executable, "-m", "lacoat", "index", "--ckpt", str(checkpoint), "--audio_dir", str(folder)]
+    proc = subprocess.Popen([*cmd, "--out", str(out), "--batch_size", "1"], stderr=subprocess.DEVNULL)
+
+    def committed() -> int:
+        try:
+            with sqlite3.connect(f"file:{out / 'index.sqlite'}?mode=ro", uri=True) as db:
+                return db.execute("SELECT COUNT(*) FROM clips").fetchone()[0]
+        except sqlite3.Error:  # not created yet, or mid-transaction
+            return 0
+
+    deadline = time.monotonic() + 300
+    while committed() < 20 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = committed()
+    assert 20 <= kept < 200, kept  # killed half-way
+    report = build_index(str(checkpoint), str(folder), str(out))
+    assert (report.unchanged, report.encoded, report.clips) == (kept, 200 - kept, 200)

@@ -1,5 +1,6 @@
 """lacoat serve: the search page, JSON API and audio files over HTTP (an in-process HTTP client)."""
 
+import shutil
 import socket
 
 import pytest
@@ -11,17 +12,26 @@ from lacoat.retrieval.serve import create_app
 from tests.integration.test_search import checkpoint, library, one_line_error  # noqa: F401 (fixtures)
 
 
-@pytest.fixture()
-def client(checkpoint, library, tmp_path):  # noqa: F811
-    (library / "notes.txt").write_text("not audio, not indexed")
-    out = tmp_path / "lib.idx"
-    build_index(str(checkpoint), str(library), str(out))
-    lib = Library(out)
-    yield TestClient(create_app(lib))
+@pytest.fixture(scope="module")
+def served(checkpoint, synthcaps, tmp_path_factory):  # noqa: F811
+    """An app on an index of the SynthCaps test clips (read only: shared by the module's tests)."""
+    tmp = tmp_path_factory.mktemp("serve")
+    folder = tmp / "library"
+    shutil.copytree(synthcaps / "evaluation", folder / "sub")
+    (folder / "notes.txt").write_text("not audio, not indexed")
+    build_index(str(checkpoint), str(folder), str(tmp / "lib.idx"))
+    lib = Library(tmp / "lib.idx")
+    yield TestClient(create_app(lib)), folder
     lib.close()
 
 
-def test_a_query_over_http(client, library):  # noqa: F811
+@pytest.fixture()
+def client(served):
+    return served[0]
+
+
+def test_a_query_over_http(served):
+    client, folder = served
     page = client.get("/")
     assert page.status_code == 200 and "<form" in page.text and "10 clips of" in page.text
     reply = client.get("/api/search", params={"q": "two knocks, then a low hum", "k": 3})
@@ -30,7 +40,7 @@ def test_a_query_over_http(client, library):  # noqa: F811
     assert set(hits[0]) == {"rank", "file", "score", "start", "duration"}
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
     audio = client.get(f"/audio/{hits[0]['file']}")
-    assert audio.status_code == 200 and audio.content == (library / hits[0]["file"]).read_bytes()
+    assert audio.status_code == 200 and audio.content == (folder / hits[0]["file"]).read_bytes()
 
 
 def test_bad_queries_are_400_with_the_reason(client):

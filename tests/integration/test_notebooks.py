@@ -68,7 +68,7 @@ def run_notebook(path: Path, work: Path, monkeypatch: pytest.MonkeyPatch):
 def test_quickstart_runs(tmp_path, monkeypatch):
     nb = run_notebook(REPO / "notebooks" / "01_quickstart.ipynb", tmp_path, monkeypatch)
     work = tmp_path / "quickstart"
-    assert (work / "library.idx").is_file()
+    assert (work / "library.idx" / "index.sqlite").is_file()  # an index is a folder
     assert len(list((work / "runs" / "checkpoints").glob("*/test_metrics_rerank.json"))) == 1
     image = next(out for out in nb.cells[-2].outputs if "image/png" in out.get("data", {}))
     assert image["data"]["image/png"]  # the attention map is displayed

@@ -26,7 +26,6 @@ from lacoat.data.datasets import AudioLoader, ClipDataset
 from lacoat.data.features import (
     CacheSpec,
     audio_spec,
-    file_stat,
     load_shard,
     pack_shard,
     save_shard,
@@ -35,6 +34,7 @@ from lacoat.data.features import (
     write_manifest,
 )
 from lacoat.errors import DataError
+from lacoat.io import file_stat
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 
 log = logging.getLogger(__name__)

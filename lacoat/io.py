@@ -1,4 +1,6 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a partial one.
+"""File utilities: atomic writes, content fingerprints, change stamps.
+
+Atomic writes: a reader sees the old file or the complete new one, never a partial one.
 
 Checkpoints, feature caches, search indexes and caption stores are written through ``atomic_write``:
 the bytes go to a temporary file in the target's folder (same file system, so the final rename is
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -109,3 +112,26 @@ def __getattr__(name: str) -> Any:
         globals()[name] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
+    """A cheap content fingerprint of a (large) file: size plus its first and last ``chunk`` bytes.
+
+    Returns:
+        16 hex characters; the same file gives the same string wherever it lies.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(chunk))
+        if size > chunk:
+            handle.seek(max(chunk, size - chunk))
+            digest.update(handle.read(chunk))
+    return digest.hexdigest()[:16]
+
+
+def file_stat(path: str | Path) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of a file: what makes a cached clip stale when it changes."""
+    st = Path(path).stat()
+    return st.st_size, st.st_mtime_ns

@@ -32,18 +32,12 @@ from torch import Tensor
 
 from lacoat.data.audio import window_run
 from lacoat.errors import AudioReadError, DataError
-from lacoat.io import atomic_torch_save, atomic_write
+from lacoat.io import atomic_torch_save, atomic_write, file_stat
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 Side = str  # "audio" | "text"
-
-
-def file_stat(path: str | Path) -> tuple[int, int]:
-    """``(size, mtime_ns)`` of a file: what makes a cached clip stale when it changes."""
-    st = Path(path).stat()
-    return st.st_size, st.st_mtime_ns
 
 
 def cache_key(side: Side, identity: str, settings: dict) -> str:

@@ -148,7 +148,7 @@ def checkpoint_fingerprint(path: str | Path) -> str:
     stored tensor, so any change of weights changes the last MiB; hashing those is enough and keeps
     ``lacoat search`` fast for large checkpoints.
     """
-    from lacoat.models.encoders.base import file_fingerprint
+    from lacoat.io import file_fingerprint
 
     return file_fingerprint(_checkpoint_path(path))
 
@@ -580,7 +580,7 @@ def build_index(
     from tqdm import tqdm
 
     from lacoat.data.audio import cut_windows
-    from lacoat.data.features import file_stat
+    from lacoat.io import file_stat
 
     for name, value in (("batch_size", batch_size), ("segment_seconds", segment_seconds)):
         if value <= 0:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from lacoat.errors import LacoatError, ModelError
-from lacoat.models.encoders.base import file_fingerprint, window_token_mask
+from lacoat.io import file_fingerprint
+from lacoat.models.encoders.base import window_token_mask
 from tests.helpers import save_random_clap_checkpoint, save_tiny_text_model
 
 # ---------------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -162,23 +161,6 @@ def window_token_mask(audio_valid: Tensor, tokens_per_window: int, samples_per_t
     n_valid = n_valid.clamp(0, tokens_per_window)  # [B, W]
     steps = torch.arange(tokens_per_window, device=audio_valid.device)  # [T]
     return (steps < n_valid[..., None]).flatten(1)  # [B, W * T]
-
-
-def file_fingerprint(path: str | Path, chunk: int = 1 << 20) -> str:
-    """A cheap content fingerprint of a (large) file: size plus its first and last ``chunk`` bytes.
-
-    Returns:
-        16 hex characters; the same file gives the same string wherever it lies.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    digest = hashlib.sha256(str(size).encode())
-    with path.open("rb") as handle:
-        digest.update(handle.read(chunk))
-        if size > chunk:
-            handle.seek(max(chunk, size - chunk))
-            digest.update(handle.read(chunk))
-    return digest.hexdigest()[:16]
 
 
 def state_digest(module: nn.Module) -> str:

@@ -31,7 +31,8 @@ import torch
 from torch import Tensor, nn
 
 from lacoat.errors import ModelError
-from lacoat.models.encoders.base import AudioEncoder, file_fingerprint, window_token_mask
+from lacoat.io import file_fingerprint
+from lacoat.models.encoders.base import AudioEncoder, window_token_mask
 
 log = logging.getLogger(__name__)
 

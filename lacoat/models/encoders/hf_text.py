@@ -8,7 +8,8 @@ import torch
 from torch import Tensor
 
 from lacoat.errors import ModelError
-from lacoat.models.encoders.base import TextEncoder, file_fingerprint
+from lacoat.io import file_fingerprint
+from lacoat.models.encoders.base import TextEncoder
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
 

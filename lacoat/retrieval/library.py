@@ -308,9 +308,16 @@ class _Scan:
 
 
 def scan_folder(folder: Path, exclude: Path | None = None) -> _Scan:
-    """Walk ``folder`` (following links to folders; ``exclude``, e.g. the index itself, left out)."""
+    """Walk ``folder`` (following links to folders, each folder once however many links lead to it;
+    ``exclude``, e.g. the index itself, left out)."""
     found = _Scan()
+    seen: set[tuple[int, int]] = set()  # (device, inode) of folders walked: a link loop ends here
     for root, dirs, names in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if exclude is None or Path(root, d).resolve() != exclude)
         for name in names:
             path = Path(root, name)

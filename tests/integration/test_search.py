@@ -356,6 +356,7 @@ def write_messy_library(folder) -> set[str]:
     (folder / "empty.wav").write_bytes(b"")
     (folder / "text.wav").write_text("this is a text file renamed .wav\n")
     (folder / "gone.wav").symlink_to(folder / "deleted.wav")
+    (folder / "sub dir" / "back to the top").symlink_to(folder)  # a link loop: walked once
     write_tone(folder / "click.wav", seconds=0.01)
     write_tone(folder / "long.wav", seconds=25.0, sample_rate=8000)
     write_tone(folder / "locked.wav", seconds=1.0)

@@ -17,10 +17,12 @@ recompute_chunk``. Weights, their gradients and AdamW's two moments are fp32 und
 
 The time cost is the median, over alternating runs in one process, of the CPU time of a training step of
 the head (forward, backward, AdamW; the encoders, which add the same time to both, left out) with
-recomputation ÷ without, on one thread, at a size that runs on a laptop CPU (batch 8, 12 text and 32
-audio tokens); also without the AdamW step. On the CPU about a third of the recomputation's cost is
-redrawing dropout masks (``bernoulli_``: a dropout costs as much as the FFN matmul it follows), which a
-GPU's fused dropout does not pay.
+recomputation ÷ without, on one thread, at a size that runs on a laptop CPU: the real token counts at
+batch 4 (16 pairs in chunks of 4); also without the AdamW step. On a shared 2-core machine the
+ratio moved between 1.33 and 1.47 from run to run (this size and batch 8 with 12 text + 32 audio
+tokens alike). On the CPU about a third of the recomputation's cost is redrawing dropout masks
+(``bernoulli_``: a dropout costs as much as the FFN matmul it follows), which a GPU's fused dropout
+does not pay; ``gpu_bench.py`` measures the ratio on a GPU.
 """
 
 from __future__ import annotations
@@ -212,12 +214,12 @@ def step_seconds(
 
 
 def time_ratio(
-    name: str, b: int = 8, lt: int = 12, la: int = 32, chunk: int = 16, repeats: int = 7
+    name: str, b: int = 4, lt: int = TEXT_TOKENS, la: int = AUDIO_TOKENS, chunk: int = 4, repeats: int = 7
 ) -> tuple[float, float]:
     """Medians over ``repeats`` alternating runs of (step time with recomputation ÷ without): the whole
     step (forward, backward, AdamW) and forward + backward alone. fp32, one CPU thread (process time:
-    robust to other work on a shared machine), ``chunk`` pairs per chunk in both (so a step has
-    several, as at the paper sizes, and both draw the same dropout masks)."""
+    robust to other work on a shared machine), the heads' real token counts, ``chunk`` pairs per chunk
+    in both (so a step has several, as at the paper sizes, and both draw the same dropout masks)."""
     plain, recompute = head(name, False, recompute_chunk=chunk), head(name, True, recompute_chunk=chunk)
     plain.matcher.pair_chunk = chunk
     optimizers = {m: torch.optim.AdamW(m.parameters(), lr=1e-4) for m in (plain, recompute)}
@@ -272,7 +274,7 @@ def train_memory() -> dict:
         f"parameter (fp32 weights, gradients, AdamW moments); recompute_chunk {RECOMPUTE_CHUNK}; bf16 = "
         "CPU autocast; text_encoder_state_gib (roberta-base, trainable) not included; "
         "recompute_time_ratio: median of 7 alternating fp32 training steps of the head (forward, backward, "
-        "AdamW; process CPU time, 1 thread, shared machine) at batch 8, 12 text + 32 audio tokens, chunks "
-        "of 16 pairs; *_forward_backward: the same without the AdamW step"
+        f"AdamW; process CPU time, 1 thread, shared machine) at batch 4, {TEXT_TOKENS} text + "
+        f"{AUDIO_TOKENS} audio tokens, chunks of 4 pairs; *_forward_backward: the same without the AdamW step"
     )
     return out

@@ -116,7 +116,7 @@ class RetrievalExamples(Callback):
         )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                self._log_wandb(logger, table, eval_set, maps)
+                self._log_wandb(logger, table, eval_set, maps, pl_module.matcher.audio_encoder.sample_rate)
 
     @staticmethod
     def _draw_maps(
@@ -140,16 +140,22 @@ class RetrievalExamples(Callback):
 
     @staticmethod
     def _log_wandb(
-        logger: WandbLogger, table: pd.DataFrame, eval_set: EvalSet, maps: list[tuple[Path, str]]
+        logger: WandbLogger,
+        table: pd.DataFrame,
+        eval_set: EvalSet,
+        maps: list[tuple[Path, str]],
+        sample_rate: int,
     ) -> None:
-        import soundfile as sf
         import wandb
+
+        from lacoat.data.audio import read_audio
 
         paths = dict(zip(eval_set.clips["file_name"], eval_set.clips["audio_path"], strict=True))
         audio: dict[str, wandb.Audio] = {}
         for name in table["file_name"].unique():
-            samples, rate = sf.read(paths[name], dtype="float32", always_2d=True)
-            audio[name] = wandb.Audio(samples.mean(1), sample_rate=rate, caption=name)
+            audio[name] = wandb.Audio(
+                read_audio(paths[name], sample_rate), sample_rate=sample_rate, caption=name
+            )
         data = [
             [r.query, r.rank, r.file_name, audio[r.file_name], r.score, r.hit, r.correct_file]
             for r in table.itertuples(index=False)

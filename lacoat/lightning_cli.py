@@ -46,7 +46,9 @@ from lacoat.module import LacoatModule
 from lacoat.resume import WANDB_ID_FILE, ResumeCheckpoint, latest_run_with_last
 
 MONITOR = "val/t2a_mAP@10"
-DEFAULT_LOGS = {"save_dir": ".", "name": "logs"}  # CSV; every logger's save_dir becomes default_root_dir
+# CSV in <default_root_dir>/logs (every logger's save_dir becomes default_root_dir; the folder name is set in
+# before_instantiate_classes: a default init_arg here would pass to a WandbLogger chosen instead and name its run)
+DEFAULT_LOGS = {"save_dir": "."}
 EVAL_SETTINGS = (
     "eval_mode",
     "rerank_k",
@@ -87,7 +89,9 @@ def name_wandb_run(init_args, config_stems: list[str]) -> None:
     so ``log_model`` is turned off with a warning.
     """
     stems = "+".join(config_stems) or "lacoat"
-    if init_args.get("name") is None:
+    # "lightning_logs" is CSVLogger's default name, which jsonargparse carries over when a config replaces
+    # the default CSV logger by a WandbLogger: not a run name anyone chose
+    if init_args.get("name") in (None, "lightning_logs"):
         init_args["name"] = f"{stems}-{time.strftime('%Y%m%d-%H%M%S')}"
     if init_args.get("group") is None:
         init_args["group"] = stems
@@ -186,6 +190,12 @@ class LacoatCLI(LightningCLI):
         for lg in loggers:  # one run folder: logs go where the checkpoints go
             if lg and hasattr(lg, "init_args") and "save_dir" in lg.init_args:
                 lg.init_args.save_dir = str(root)
+            if (
+                lg
+                and getattr(lg, "class_path", "").endswith("CSVLogger")
+                and lg.init_args.get("name") == "lightning_logs"
+            ):
+                lg.init_args["name"] = "logs"
         uses_wandb = any(getattr(lg, "class_path", "").endswith("WandbLogger") for lg in loggers if lg)
         if uses_wandb and not wandb_credentials_present():
             os.environ.setdefault("WANDB_MODE", "offline")

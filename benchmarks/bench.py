@@ -13,7 +13,8 @@ Sections (each runs in its own process, so each reports its own peak RSS):
 * ``search``: ``lacoat index`` of 200 SynthCaps clips, re-indexing after 10 new files, search latency,
   and ``n100k``, a 100,000-clip index (``benchmarks/search_bench.py``);
 * ``train_memory``: memory of B×B pair training of the Clotho heads with and without recomputed pair
-  chunks, and the step-time cost of recomputing (``benchmarks/train_memory.py``).
+  chunks, and the step-time cost of recomputing (``benchmarks/train_memory.py``);
+* ``eval_ddp``: exhaustive scoring split across 2 gloo processes against 1 (``benchmarks/eval_ddp.py``).
 Timings are printed and saved; tests never assert on them.
 """
 
@@ -266,6 +267,13 @@ def train_memory() -> dict:
     return section()
 
 
+def eval_ddp() -> dict:
+    """Exhaustive scoring split across 2 gloo processes against 1 (``benchmarks/eval_ddp.py``)."""
+    from benchmarks.eval_ddp import eval_ddp as section
+
+    return section()
+
+
 SECTIONS = {
     "pair_scoring": lambda: {size: pair_scoring(size) for size in SIZES},
     "clotho_size": clotho_size,
@@ -274,6 +282,7 @@ SECTIONS = {
     "training_cached": lambda: training(cached=True),
     "search": search_bench,
     "train_memory": train_memory,
+    "eval_ddp": eval_ddp,
 }
 
 
@@ -320,6 +329,12 @@ def report(results: dict) -> None:
                 f"train_memory.{name:<9} bf16 {r['bf16_plain_gib']:>7.2f} GiB plain, "
                 f"{r['bf16_recompute_gib']:>6.2f} GiB recomputed; time ×{r['recompute_time_ratio']:.2f}"
             )
+    if "eval_ddp" in results:
+        r = results["eval_ddp"]
+        print(
+            f"eval_ddp: {r['pairs']} pairs, 1 process {r['one_process_s']} s, 2 processes {r['two_processes_s']} s "
+            f"(×{r['speedup_2proc']})"
+        )
     for name, r in results.items():
         if isinstance(r, dict) and "peak_rss_mb" in r:
             print(f"peak RSS {name}: {r['peak_rss_mb']} MB")

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lacoat.checkpoints import leave_out_rebuilt_encoders, restore_rebuilt_encoders
 from lacoat.contracts import ModelFacts
+from lacoat.defaults import RERANK_K
 from lacoat.distributed import RankShare, gather_tokens
 from lacoat.errors import LacoatError
 from lacoat.evaluation import EvalScores, Evaluator, rankings
@@ -68,7 +69,7 @@ class LacoatModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable = WarmupCosine,
         eval_mode: Literal["exhaustive", "rerank"] = "rerank",
-        rerank_k: int = 16,
+        rerank_k: int = RERANK_K,
         fusion_alpha: float = 0.0,
         eval_text_block: int = 256,
         predict_top_k: int = 10,

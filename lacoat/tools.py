@@ -7,6 +7,8 @@ from typing import Literal
 
 from jsonargparse import ArgumentParser
 
+from lacoat.defaults import RERANK_K
+
 
 def _parse(func, prog: str, argv: list[str]) -> dict:
     """Parse ``argv`` against the signature and docstring of ``func``."""
@@ -146,7 +148,7 @@ def search_main(argv: list[str]) -> None:
         "--ckpt", default=None, help="the index's checkpoint, if it moved (checked: it must be the same file)"
     )
     parser.add_argument("-k", type=int, default=10, help="number of results")
-    parser.add_argument("--rerank_k", type=int, default=64, help="clips re-scored with co-attention")
+    parser.add_argument("--rerank_k", type=int, default=RERANK_K, help="clips re-scored with co-attention")
     parser.add_argument(
         "--json", action="store_true", help="print JSON (with absolute paths) instead of a table"
     )

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from lacoat.defaults import RERANK_K
 from lacoat.errors import AudioReadError, LacoatError
 from lacoat.retrieval.query_encoder import TRACED, load_query_encoder, save_query_encoder
 from lacoat.retrieval.store import ClipVectors, IndexStore, path_id
@@ -766,7 +767,7 @@ class Library:
             fused[0, shortlist] = co[0].float() + self.fusion_alpha * bi[0, shortlist]
             return after_shortlist(fused, bi, in_list, dim=1)[0]  # the rest just below, in order
 
-    def search(self, query: str, k: int = 10, rerank_k: int = 64) -> list[SearchHit]:
+    def search(self, query: str, k: int = 10, rerank_k: int = RERANK_K) -> list[SearchHit]:
         """The ``k`` best clips for ``query``: bi-encoder shortlist of ``rerank_k``, co-attention re-score.
 
         Raises:
@@ -804,7 +805,7 @@ def check_query(query: str, k: int, rerank_k: int) -> None:
 
 
 def search(
-    index_path: str, query: str, k: int = 10, rerank_k: int = 64, checkpoint: str | None = None
+    index_path: str, query: str, k: int = 10, rerank_k: int = RERANK_K, checkpoint: str | None = None
 ) -> list[SearchHit]:
     """One query against an index (opens it and loads its model: use ``Library`` for many queries)."""
     check_query(query, k, rerank_k)

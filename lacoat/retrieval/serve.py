@@ -24,6 +24,7 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
+from lacoat.defaults import RERANK_K
 from lacoat.errors import LacoatError
 from lacoat.retrieval.library import Library, check_query, read_segments, segment_samples
 
@@ -101,7 +102,7 @@ def create_app(library: Library) -> FastAPI:
         return PAGE.replace("__SUMMARY__", summary)
 
     @app.get("/api/search")
-    def api_search(q: str = Query(""), k: int = 10, rerank_k: int = 64) -> list[dict]:
+    def api_search(q: str = Query(""), k: int = 10, rerank_k: int = RERANK_K) -> list[dict]:
         try:
             with lock:
                 hits = library.search(q, k, rerank_k)

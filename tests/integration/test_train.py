@@ -135,6 +135,10 @@ def test_fit_other_heads_and_pair_modes(tmp_path, synthcaps, cascade, train_pair
     assert state["global_step"] == 3  # three optimiser steps ran with this head and pair mode
     trained = [k for k in state["state_dict"] if k.startswith("matcher.cascade.")]
     assert bool(trained) == (cascade != "null")
+    # every trainable parameter (cascade, pools, projections, LogMel encoder, temperature) got gradients
+    moments = [s["exp_avg"] for s in state["optimizer_states"][0]["state"].values()]
+    n_trainable = sum(len(g["params"]) for g in state["optimizer_states"][0]["param_groups"])
+    assert len(moments) == n_trainable and all(m.abs().sum() > 0 for m in moments)
     if "--data.hard_share" in extra:
         assert "hard negatives: 3 nearest clips of each of 40 training clips" in caplog.text
 

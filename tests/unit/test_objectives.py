@@ -84,5 +84,7 @@ def test_hard_negative_objective_scores_each_query_positive_and_its_hardest_nega
     out = PairObjective(loss, "hard_negatives", hard_negatives=2)(matcher, batch)
     torch.testing.assert_close(out["loss_main"], reference_candidate_loss(matcher, loss, batch, 2))
     bi = matcher.bi_scores(matcher.text_of(batch), matcher.audio_of(batch))
-    torch.testing.assert_close(out["loss_aux"], loss.contrastive(bi, batch["clip_index"], batch["clip_index"]))
+    torch.testing.assert_close(
+        out["loss_aux"], loss.contrastive(bi, batch["clip_index"], batch["clip_index"])
+    )
     torch.testing.assert_close(out["loss"], out["loss_main"] + 0.5 * out["loss_aux"])

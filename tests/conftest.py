@@ -36,3 +36,15 @@ def synthcaps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthcaps")
     synthesize(str(root), seed=3, n_development=40, n_validation=10, n_evaluation=10)
     return root
+
+
+@pytest.fixture
+def float64():
+    """Exact comparisons in double precision, restored afterwards for the other tests (modules opt in
+    with ``pytestmark = pytest.mark.usefixtures("float64")``)."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

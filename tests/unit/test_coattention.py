@@ -12,13 +12,7 @@ from lacoat.models.pooling import AttentionPool, MaskedMeanPool
 D, H = 16, 4
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons in double precision, restored afterwards for the other tests."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons
 
 
 class StubEncoder(nn.Module):

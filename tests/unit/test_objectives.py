@@ -9,7 +9,9 @@ from lacoat.losses import NTXentLoss
 from lacoat.models.cascade import IteratingCascade
 from lacoat.models.matcher import AudioTextMatcher, Tokens
 from lacoat.objectives import PairObjective
-from tests.unit.test_coattention import D, H, StubEncoder, float64, seqs  # noqa: F401 (fixture)
+from tests.unit.test_coattention import D, H, StubEncoder, seqs
+
+pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons
 
 
 def make_matcher(cascade: bool = True) -> AudioTextMatcher:

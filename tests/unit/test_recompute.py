@@ -25,13 +25,7 @@ class StubEncoder(nn.Module):
         self.dim = dim
 
 
-@pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons in double precision, restored afterwards for the other tests."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons
 
 
 def make_matcher(name: str, recompute: bool) -> AudioTextMatcher:

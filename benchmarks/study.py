@@ -27,7 +27,9 @@ HEADS = {
     "biencoder": ["--config", "configs/demo_variants/biencoder.yaml"],
 }
 HARD_BATCHES = ["--data.hard_share", "0.5", "--data.hard_neighbours", "2"]
-ORDER_NEGATIVES = ["--model.order_negatives", "true"]
+ORDER_NEGATIVES = ["--model.order_negatives", "audio"]
+TEXT_ORDER_NEGATIVES = ["--model.order_negatives", "text"]
+BOTH_ORDER_NEGATIVES = ["--model.order_negatives", "both"]
 LONG = ["--config", "configs/demo_variants/long.yaml"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
 RUNS: dict[str, list[str]] = {
@@ -40,9 +42,15 @@ RUNS: dict[str, list[str]] = {
     "iterating_hard_batches": HARD_BATCHES,
     "iterating_order_negatives": ORDER_NEGATIVES,
     "biencoder_order_negatives": HEADS["biencoder"] + ORDER_NEGATIVES,
+    "iterating_text_order_negatives": TEXT_ORDER_NEGATIVES,
+    "biencoder_text_order_negatives": HEADS["biencoder"] + TEXT_ORDER_NEGATIVES,
+    "iterating_both_order_negatives": BOTH_ORDER_NEGATIVES,
     # the longer CPU budget
     **{f"{head}_long": LONG + args for head, args in HEADS.items()},
     "iterating_long_order_negatives": LONG + ORDER_NEGATIVES,
+    "iterating_long_text_order_negatives": LONG + TEXT_ORDER_NEGATIVES,
+    "iterating_long_both_order_negatives": LONG + BOTH_ORDER_NEGATIVES,
+    "biencoder_long_both_order_negatives": LONG + HEADS["biencoder"] + BOTH_ORDER_NEGATIVES,
 }
 
 KEYS = [

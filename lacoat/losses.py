@@ -13,12 +13,25 @@ Convention: ``sim`` is text-major ``[n_text, n_audio]``; row ``i`` is the captio
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["NTXentLoss", "hardest_negatives", "same_clip_mask"]
+__all__ = ["ExtraNegatives", "NTXentLoss", "hardest_negatives", "same_clip_mask"]
+
+
+class ExtraNegatives(NamedTuple):
+    """One more negative score per row of a batch, ``-inf`` where a row has none (``lacoat.order_negatives``).
+
+    ``t2a`` ``[B]``: each caption against its own clip with the events swapped (an extra column of
+    the caption → audio softmax); ``a2t`` ``[B]``: each clip against its caption with the order
+    reversed in words (an extra column of the audio → caption softmax).
+    """
+
+    t2a: Tensor | None = None
+    a2t: Tensor | None = None
 
 
 def same_clip_mask(text_clip: Tensor, audio_clip: Tensor) -> Tensor:
@@ -114,7 +127,7 @@ class NTXentLoss(nn.Module):
         return sim * self.logit_scale
 
     def contrastive(
-        self, sim: Tensor, text_clip: Tensor, audio_clip: Tensor, t2a_extra: Tensor | None = None
+        self, sim: Tensor, text_clip: Tensor, audio_clip: Tensor, extra: ExtraNegatives | None = None
     ) -> Tensor:
         """Symmetric multi-positive NT-Xent of one similarity matrix (unweighted).
 
@@ -122,9 +135,7 @@ class NTXentLoss(nn.Module):
             sim: Cosine similarities, text-major; the diagonal holds the matching pairs.
             text_clip: Clip identity of each caption (row).
             audio_clip: Clip identity of each audio (column).
-            t2a_extra: Score of each caption with one more negative of its own (its clip with the
-                halves swapped: ``lacoat.order_negatives``), ``-inf`` where it has none; an extra
-                column of the caption → audio softmax.
+            extra: one more negative of each row's own, either way (``ExtraNegatives``).
 
         Returns:
             The scalar loss ``(L_t2a + L_a2t) / 2``.
@@ -133,13 +144,11 @@ class NTXentLoss(nn.Module):
             - sim: ``[B, B]``
             - text_clip: ``[B]``
             - audio_clip: ``[B]``
-            - t2a_extra: ``[B]``
+            - extra: ``[B]`` each
             - output: ``[]``
         """
         _check_square("sim", sim, text_clip, audio_clip)
-        return self.sharded_contrastive(
-            sim, sim.T, text_clip, audio_clip, text_clip, audio_clip, 0, t2a_extra
-        )
+        return self.sharded_contrastive(sim, sim.T, text_clip, audio_clip, text_clip, audio_clip, 0, extra)
 
     def sharded_contrastive(
         self,
@@ -150,31 +159,35 @@ class NTXentLoss(nn.Module):
         all_text_clip: Tensor,
         all_audio_clip: Tensor,
         offset: int,
-        t2a_extra: Tensor | None = None,
+        extra: ExtraNegatives | None = None,
     ) -> Tensor:
         """NT-Xent of one rank's rows against the candidates of all ranks (negatives gathered in DDP).
 
         Row ``i`` of ``t2a`` is this rank's caption ``i`` against every clip of the global batch; its
         positive is column ``offset + i``. ``a2t`` likewise for this rank's clips against every caption.
         Averaged over ranks of equal batch size this equals ``contrastive`` of the global batch.
-        ``t2a_extra`` adds one column to the caption → audio rows (see ``contrastive``).
+        ``extra`` adds one column to the rows of either direction (see ``contrastive``).
 
         Shape:
             - t2a, a2t: ``[b, N]`` (N = global batch)
-            - text_clip, audio_clip: ``[b]``; all_text_clip, all_audio_clip: ``[N]``; t2a_extra: ``[b]``
+            - text_clip, audio_clip: ``[b]``; all_text_clip, all_audio_clip: ``[N]``; extra: ``[b]`` each
             - output: ``[]``
         """
         rows = torch.arange(t2a.shape[0], device=t2a.device)  # [b]
         target = rows + offset
+        extra = extra or ExtraNegatives()
         losses = []
-        for sim, own, other in ((t2a, text_clip, all_audio_clip), (a2t, audio_clip, all_text_clip)):
+        for sim, own, other, more in (
+            (t2a, text_clip, all_audio_clip, extra.t2a),
+            (a2t, audio_clip, all_text_clip, extra.a2t),
+        ):
             mask = own[:, None] == other[None, :]  # [b, N] same clip ...
             mask[rows, target] = False  # ... apart from the positive itself
             logits = self._logits(sim).masked_fill(mask, float("-inf"))
-            if t2a_extra is not None and sim is t2a:  # -inf = no extra negative (masked after scaling:
-                none = ~torch.isfinite(t2a_extra)  # -inf * scale would give the temperature a NaN gradient)
-                extra = self._logits(t2a_extra.masked_fill(none, 0.0)).masked_fill(none, float("-inf"))
-                logits = torch.cat([logits, extra[:, None]], dim=1)  # [b, N + 1]
+            if more is not None:  # -inf = no extra negative (masked after scaling:
+                none = ~torch.isfinite(more)  # -inf * scale would give the temperature a NaN gradient)
+                more = self._logits(more.masked_fill(none, 0.0)).masked_fill(none, float("-inf"))
+                logits = torch.cat([logits, more[:, None]], dim=1)  # [b, N + 1]
             losses.append(F.cross_entropy(logits, target))
         return (losses[0] + losses[1]) / 2
 
@@ -184,8 +197,8 @@ class NTXentLoss(nn.Module):
         text_clip: Tensor,
         audio_clip: Tensor,
         aux_sim: Tensor | None = None,
-        extra: Tensor | None = None,
-        aux_extra: Tensor | None = None,
+        extra: ExtraNegatives | None = None,
+        aux_extra: ExtraNegatives | None = None,
     ) -> dict[str, Tensor]:
         """Computes the loss on the main (co-attention) scores and, if given, the auxiliary scores.
 
@@ -194,8 +207,8 @@ class NTXentLoss(nn.Module):
             text_clip: Clip identity of each caption (int64).
             audio_clip: Clip identity of each audio (int64).
             aux_sim: Optional bi-encoder cosine similarities, same layout as ``sim``.
-            extra: Optional extra negative score of each caption under ``sim`` (``contrastive``'s
-                ``t2a_extra``); ``aux_extra`` the same under ``aux_sim``.
+            extra: Optional extra negatives of each row under ``sim`` (``ExtraNegatives``);
+                ``aux_extra`` the same under ``aux_sim``.
 
         Returns:
             ``loss`` = ``loss_main + aux_weight * loss_aux``; ``loss_main``; ``loss_aux`` (unweighted,

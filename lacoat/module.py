@@ -23,7 +23,7 @@ from lacoat.errors import LacoatError
 from lacoat.evaluation import EvalScores, Evaluator, rankings
 from lacoat.losses import NTXentLoss
 from lacoat.models.matcher import AudioTextMatcher
-from lacoat.objectives import PairObjective, non_finite_loss
+from lacoat.objectives import OrderNegatives, PairObjective, non_finite_loss
 from lacoat.optim import WarmupCosine, make_scheduler, param_groups
 
 
@@ -37,8 +37,10 @@ class LacoatModule(L.LightningModule):
             ``hard_negatives`` scores each query's positive and its ``hard_negatives`` hardest
             in-batch negatives, ranked by the bi-encoder, in both directions (B·(1+2M) passes).
         hard_negatives: M, negatives per query in ``hard_negatives`` mode.
-        order_negatives: give every caption that states an order of events ("then", "after", …) its
-            own clip with its events swapped as one more negative (``lacoat.order_negatives``).
+        order_negatives: ``audio`` gives every caption that states an order of events ("then",
+            "after", …) its own clip with the events swapped as one more negative; ``text`` gives every
+            clip its caption with the order reversed in words ("A before B" → "A after B") as one
+            more negative; ``both``; ``none`` (``lacoat.order_negatives``).
         gather_negatives: under DDP, score this rank's captions and clips against the batches of
             all ranks (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
         lr: learning rate of everything but the encoders.
@@ -61,7 +63,7 @@ class LacoatModule(L.LightningModule):
         loss: NTXentLoss,
         train_pairs: Literal["full", "hard_negatives"] = "full",
         hard_negatives: int = 7,
-        order_negatives: bool = False,
+        order_negatives: OrderNegatives = "none",
         gather_negatives: bool = False,
         lr: float = 3e-4,
         encoder_lr: float = 1e-5,
@@ -80,7 +82,7 @@ class LacoatModule(L.LightningModule):
         self.save_hyperparameters(ignore=["matcher", "loss", "optimizer", "lr_scheduler"])
         if "_instantiator" in self.hparams:
             self.save_hyperparameters()
-        if order_negatives and gather_negatives:
+        if order_negatives != "none" and gather_negatives:
             raise LacoatError(
                 "model.order_negatives does not combine with gather_negatives yet; turn one off"
             )

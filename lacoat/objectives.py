@@ -8,8 +8,10 @@
 * global batch (``gather_negatives`` under DDP): this rank's captions and clips against the token
   features of every rank, gathered with their gradients (open_clip's ``gather_with_grad``).
 
-With ``order_negatives`` every caption that states an order of events also meets its own clip with
-its events swapped (``lacoat.order_negatives``) as one more caption → audio negative.
+With ``order_negatives`` (``lacoat.order_negatives``) every caption that states an order of events
+also meets its own clip with the events swapped (``audio``: one more caption → audio negative), and
+every clip meets its caption with the order reversed in words (``text``: one more audio → caption
+negative), or both.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from torch import Tensor
 
 from lacoat.distributed import Gather
 from lacoat.errors import NumericalError
-from lacoat.losses import NTXentLoss, hardest_negatives
+from lacoat.losses import ExtraNegatives, NTXentLoss, hardest_negatives
 from lacoat.models.matcher import AudioTextMatcher, Tokens
-from lacoat.order_negatives import states_order
+from lacoat.order_negatives import reversed_captions, states_order
+
+OrderNegatives = Literal["none", "audio", "text", "both"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,9 @@ class PairObjective:
         loss: NT-Xent (temperature, ``aux_weight`` of the bi-encoder term).
         pairs: ``full`` or ``hard_negatives`` (see the module docstring).
         hard_negatives: M, negatives per query with ``hard_negatives``.
-        order_negatives: add each order-stating caption's own clip with its events swapped as a negative.
+        order_negatives: ``audio``: each order-stating caption's own clip with its events swapped is
+            one more negative of the caption; ``text``: each clip's caption with the order reversed is
+            one more negative of the clip; ``both``; ``none``.
     """
 
     def __init__(
@@ -44,7 +50,7 @@ class PairObjective:
         loss: NTXentLoss,
         pairs: Literal["full", "hard_negatives"] = "full",
         hard_negatives: int = 7,
-        order_negatives: bool = False,
+        order_negatives: OrderNegatives = "none",
     ) -> None:
         self.loss, self.pairs, self.hard_negatives = loss, pairs, hard_negatives
         self.order_negatives = order_negatives
@@ -57,7 +63,8 @@ class PairObjective:
         rank: int = 0,
     ) -> dict[str, Tensor]:
         """``loss``, ``loss_main``, ``loss_aux``, ``temperature`` and, with order negatives, ``order_win``
-        (how often a caption's own clip outscores its swapped version).
+        (how often a caption's own clip outscores its swapped version) and ``order_win_text`` (how
+        often a clip's caption outscores its reversed version).
 
         Args:
             matcher: the model.
@@ -70,30 +77,36 @@ class PairObjective:
         bi = matcher.bi_scores(text, audio)  # [B, B]
         if gather is not None and self.pairs == "full":
             return self._global_batch(matcher, text, audio, clip, gather, rank)
-        co_swap, bi_swap = self._order_negative_scores(matcher, batch, text)
+        co_extra, bi_extra = self._order_negative_scores(matcher, batch, text, audio)
         if matcher.cascade is None:
-            return self.loss(bi, clip, clip, extra=bi_swap) | _order_win(bi.diagonal(), bi_swap)
+            return self.loss(bi, clip, clip, extra=bi_extra) | _order_wins(bi.diagonal(), bi_extra)
         if self.pairs == "full":
             sim = matcher.score_matrix(text, audio)  # [B, B]
-            return self.loss(sim, clip, clip, bi, co_swap, bi_swap) | _order_win(sim.diagonal(), co_swap)
-        return self._hard_negatives(matcher, text, audio, clip, bi, co_swap, bi_swap)
+            out = self.loss(sim, clip, clip, bi, co_extra, bi_extra)
+            return out | _order_wins(sim.diagonal(), co_extra)
+        return self._hard_negatives(matcher, text, audio, clip, bi, co_extra, bi_extra)
 
     def _order_negative_scores(
-        self, matcher: AudioTextMatcher, batch: dict[str, Any], text: Tokens
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """Scores of each caption with its own clip's events swapped, co-attention and bi-encoder, each
-        ``[B]`` with ``-inf`` for captions that state no order; ``(None, None)`` when off."""
-        if not self.order_negatives:
-            return None, None
-        ordered = states_order(batch["captions"]).to(text.tokens.device)  # [B]
-        if not ordered.any():
-            return None, None
-        swapped, done = matcher.swapped_audio_of(batch)
-        ordered = ordered & done  # a clip without a pause has no order negative
-        off = torch.tensor(float("-inf"), device=ordered.device)
-        bi = (matcher.embed_text(text) * matcher.embed_audio(swapped)).sum(-1)  # [B]
-        co = matcher.pair_scores(text, swapped) if matcher.cascade is not None else bi
-        return torch.where(ordered, co.float(), off), torch.where(ordered, bi.float(), off)
+        self, matcher: AudioTextMatcher, batch: dict[str, Any], text: Tokens, audio: Tokens
+    ) -> tuple[ExtraNegatives, ExtraNegatives]:
+        """Order negatives scored by co-attention and by the bi-encoder: ``t2a`` each caption with its
+        own clip's events swapped, ``a2t`` each clip with its caption reversed, ``[B]`` each with
+        ``-inf`` where a row has none; None for a side that is off."""
+        co, bi = ExtraNegatives(), ExtraNegatives()
+        if self.order_negatives in ("audio", "both"):
+            ordered = states_order(batch["captions"]).to(text.tokens.device)  # [B]
+            if ordered.any():
+                swapped, done = matcher.swapped_audio_of(batch)
+                ordered = ordered & done  # a clip without a pause has no order negative
+                co_t2a, bi_t2a = _pair_scores(matcher, text, swapped)
+                co, bi = co._replace(t2a=_only(ordered, co_t2a)), bi._replace(t2a=_only(ordered, bi_t2a))
+        if self.order_negatives in ("text", "both"):
+            turned, done = reversed_captions(batch["captions"])
+            if done.any():
+                done = done.to(text.tokens.device)
+                co_a2t, bi_a2t = _pair_scores(matcher, matcher.encode_text(turned), audio)
+                co, bi = co._replace(a2t=_only(done, co_a2t)), bi._replace(a2t=_only(done, bi_a2t))
+        return co, bi
 
     def _global_batch(
         self,
@@ -125,11 +138,11 @@ class PairObjective:
         audio: Tokens,
         clip: Tensor,
         bi: Tensor,
-        co_swap: Tensor | None,
-        bi_swap: Tensor | None,
+        co_extra: ExtraNegatives,
+        bi_extra: ExtraNegatives,
     ) -> dict[str, Tensor]:
         """Candidate loss over each query's positive and its M hardest in-batch negatives (both
-        directions), plus each caption's order negative when given; bi-encoder NT-Xent as the aux term."""
+        directions), plus each row's order negative when given; bi-encoder NT-Xent as the aux term."""
         m = self.hard_negatives
         neg_audio = hardest_negatives(bi.detach(), clip, clip, m)  # [B, M] clips for each caption
         neg_text = hardest_negatives(bi.detach().T, clip, clip, m)  # [B, M] captions for each clip
@@ -139,11 +152,13 @@ class PairObjective:
         audio_index = torch.cat([rows, neg_audio.reshape(-1), rows.repeat_interleave(m)])
         scores = matcher.score_index_pairs(text, audio, text_index, audio_index)  # [B (1 + 2M)]
         pos, t2a, a2t = scores[:b], scores[b : b + b * m].view(b, m), scores[b + b * m :].view(b, m)
-        if co_swap is not None:
-            t2a = torch.cat([t2a, co_swap[:, None].to(t2a.dtype)], dim=1)  # [B, M + 1]
+        if co_extra.t2a is not None:
+            t2a = torch.cat([t2a, co_extra.t2a[:, None].to(t2a.dtype)], dim=1)  # [B, M + 1]
+        if co_extra.a2t is not None:
+            a2t = torch.cat([a2t, co_extra.a2t[:, None].to(a2t.dtype)], dim=1)  # [B, M + 1]
         loss_main = (self.loss.candidate_loss(pos, t2a) + self.loss.candidate_loss(pos, a2t)) / 2
-        loss_aux = self.loss.contrastive(bi, clip, clip, bi_swap)
-        return _result(self.loss, loss_main, loss_aux, self.loss.aux_weight) | _order_win(pos, co_swap)
+        loss_aux = self.loss.contrastive(bi, clip, clip, bi_extra)
+        return _result(self.loss, loss_main, loss_aux, self.loss.aux_weight) | _order_wins(pos, co_extra)
 
 
 def _result(loss: NTXentLoss, main: Tensor, aux: Tensor, aux_weight: float) -> dict[str, Tensor]:
@@ -155,12 +170,26 @@ def _result(loss: NTXentLoss, main: Tensor, aux: Tensor, aux_weight: float) -> d
     }
 
 
-def _order_win(own: Tensor, swap: Tensor | None) -> dict[str, Tensor]:
-    """``order_win``: share of order-stating captions whose own clip outscores its swapped version."""
-    if swap is None:
-        return {}
-    ordered = torch.isfinite(swap)
-    return {"order_win": (own[ordered].detach() > swap[ordered].detach()).float().mean()}
+def _pair_scores(matcher: AudioTextMatcher, text: Tokens, audio: Tokens) -> tuple[Tensor, Tensor]:
+    """Co-attention and bi-encoder scores of aligned pairs (text p with clip p), ``[B]`` each."""
+    bi = (matcher.embed_text(text) * matcher.embed_audio(audio)).sum(-1)
+    return (matcher.pair_scores(text, audio) if matcher.cascade is not None else bi), bi
+
+
+def _only(rows: Tensor, scores: Tensor) -> Tensor:
+    """``scores`` where ``rows``, else ``-inf`` (no extra negative), in float32."""
+    return torch.where(rows, scores.float(), torch.tensor(float("-inf"), device=scores.device))
+
+
+def _order_wins(own: Tensor, extra: ExtraNegatives) -> dict[str, Tensor]:
+    """``order_win``: share of order-stating captions whose own clip outscores its swapped version;
+    ``order_win_text``: share of clips whose caption outscores its reversed version."""
+    out = {}
+    for name, other in (("order_win", extra.t2a), ("order_win_text", extra.a2t)):
+        if other is not None:
+            has = torch.isfinite(other)
+            out[name] = (own[has].detach() > other[has].detach()).float().mean()
+    return out
 
 
 def non_finite_loss(loss: Tensor, batch: dict[str, Any], where: str, elsewhere: bool) -> NumericalError:

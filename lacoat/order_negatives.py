@@ -1,5 +1,7 @@
-"""Order negatives: each caption that states an order of events meets its own clip with the two halves
-swapped, as a negative (after T-CLAP, Yuan et al. 2024, and Oncescu et al., ACM MM 2024).
+"""Order negatives: a caption that states an order of events meets its own clip with the events swapped
+(``audio``), and a clip meets its caption with the order reversed in words (``text``), each as one more
+negative (after T-CLAP, Yuan et al. 2024, CompA, Ghosh et al., ICLR 2024, and Oncescu et al., ACM MM
+2024).
 
 Random batches, and even batches of mined neighbours, almost never hold a clip whose events are those
 of another in reverse order, so the contrastive loss never rewards a model for hearing order. The
@@ -8,6 +10,10 @@ time can score it below the original. The swap is done on the waveform at the cl
 silences and differs only in the order of what sounds (an earlier version swapped the halves: the
 model learnt to hear the cut — 100 % of swapped clips told apart in training — and nothing of order);
 for cached encoder outputs, on the tokens (halves), the best that tokens allow.
+
+The text side has no such artefact: "A, then B" reversed is "B, then A", "A before B" is "A after
+B", sentences a data set writes for other clips too, so a model can tell the reversed caption from the
+original only by listening to the order (``reverse_order``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,66 @@ ORDER_WORDS = re.compile(
 def states_order(captions: list[str]) -> Tensor:
     """``[B]`` bool: whether each caption states an order of events (``ORDER_WORDS``)."""
     return torch.tensor([bool(ORDER_WORDS.search(c)) for c in captions], dtype=torch.bool)
+
+
+# Words whose swap reverses the stated order and keeps the sentence grammatical.
+_FLIPS = {
+    "before": "after",
+    "after": "before",
+    "preceded": "followed",
+    "followed": "preceded",
+    "precedes": "follows",
+    "follows": "precedes",
+    "later": "earlier",
+    "afterwards": "beforehand",
+}
+_FLIP_WORDS = re.compile(r"\b(" + "|".join(_FLIPS) + r")\b", re.IGNORECASE)
+# Connectives between events listed in time order: ", then", " and then", "; next", ", and lastly", …
+_SEQUENCE = re.compile(r"\s*[,;]?\s*\b(?:and\s+)?(?:then|next|finally|lastly)\b\s*", re.IGNORECASE)
+_FIRST = re.compile(r"^(first|at first)\s+", re.IGNORECASE)
+
+
+def _same_case(word: str, like: str) -> str:
+    return word.capitalize() if like[0].isupper() else word
+
+
+def reverse_order(caption: str) -> str | None:
+    """``caption`` with the order of its events reversed, or None when it states no order this knows.
+
+    A relation word is flipped where there is one ("A before B" → "A after B", "B, preceded by A" →
+    "B, followed by A", "A; later B" → "A; earlier B"); otherwise the events between sequence
+    connectives are listed backwards ("First A, next B, and lastly C." → "First C, next B, and lastly
+    A.", "A, then B" → "B, then A"), connectives, a leading "first" and the final stop kept in place.
+    Real captions sharing a subject across clauses ("A car revs up then stops") come out less
+    grammatical, but still state the wrong order.
+    """
+    if _FLIP_WORDS.search(caption):
+        return _FLIP_WORDS.sub(lambda m: _same_case(_FLIPS[m.group(1).lower()], m.group(1)), caption)
+    text = caption.strip()
+    stop = text[-1] if text and text[-1] in ".!?" else ""
+    text = text[: len(text) - len(stop)]
+    first = _FIRST.match(text)
+    lead = first.group(0) if first else ""
+    body = text[len(lead) :]
+    cuts = list(_SEQUENCE.finditer(body))
+    events, start = [], 0
+    for cut in cuts:
+        events.append(body[start : cut.start()])
+        start = cut.end()
+    events.append(body[start:])
+    if len(events) < 2 or not all(e.strip() for e in events):
+        return None
+    events = [e[0].lower() + e[1:] for e in events[::-1]]
+    out = lead + events[0] + "".join(c.group(0) + e for c, e in zip(cuts, events[1:], strict=True))
+    return (out if caption[:1].islower() else out[0].upper() + out[1:]) + stop
+
+
+def reversed_captions(captions: list[str]) -> tuple[list[str], Tensor]:
+    """Each caption with its order reversed (``reverse_order``; unchanged where it states none) and
+    ``[B]`` bool: which were reversed."""
+    turned = [reverse_order(c) for c in captions]
+    done = torch.tensor([t is not None and t != c for t, c in zip(turned, captions, strict=True)])
+    return [t if t is not None else c for t, c in zip(turned, captions, strict=True)], done
 
 
 def swap_at_pause(wave: Tensor, frame: int, quiet: float = 0.05) -> Tensor | None:

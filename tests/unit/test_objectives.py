@@ -57,9 +57,10 @@ def test_global_batch_over_two_ranks_equals_the_whole_batch(cascade):
         torch.testing.assert_close(mean, expected[name], msg=name)
 
 
-def reference_candidate_loss(matcher, loss, batch, m):
+def reference_candidate_loss(matcher, loss, batch, m, a2t_extra=None):
     """Pair by pair: each caption against its clip and the m other clips its bi-encoder ranks highest,
-    each clip against its caption and the m highest other captions; cross-entropy at temperature τ."""
+    each clip against its caption and the m highest other captions (and ``a2t_extra[i]`` where finite);
+    cross-entropy at temperature τ."""
     text, audio = matcher.text_of(batch), matcher.audio_of(batch)
     clip = batch["clip_index"].tolist()
     bi = matcher.bi_scores(text, audio).detach()
@@ -76,7 +77,8 @@ def reference_candidate_loss(matcher, loss, batch, m):
         others = sorted((j for j in range(b) if clip[j] != clip[i]), key=lambda j: -float(bi[i, j]))[:m]
         t2a.append(ce([score(i, i)] + [score(i, j) for j in others]))
         others = sorted((k for k in range(b) if clip[k] != clip[i]), key=lambda k: -float(bi[k, i]))[:m]
-        a2t.append(ce([score(i, i)] + [score(k, i) for k in others]))
+        more = [a2t_extra[i]] if a2t_extra is not None and torch.isfinite(a2t_extra[i]) else []
+        a2t.append(ce([score(i, i)] + [score(k, i) for k in others] + more))
     return (torch.stack(t2a).mean() + torch.stack(a2t).mean()) / 2
 
 
@@ -90,3 +92,68 @@ def test_hard_negative_objective_scores_each_query_positive_and_its_hardest_nega
         out["loss_aux"], loss.contrastive(bi, batch["clip_index"], batch["clip_index"])
     )
     torch.testing.assert_close(out["loss"], out["loss_main"] + 0.5 * out["loss_aux"])
+
+
+class WordEncoder(torch.nn.Module):
+    """A text encoder stub: a fixed random vector per word plus one per position, so word order
+    changes the tokens."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        words = [t.lower().replace(",", " ,").rstrip(".").split() for t in texts]
+        length = max(len(w) for w in words)
+        out = torch.zeros(len(texts), length, self.dim)
+        for i, ws in enumerate(words):
+            for j, w in enumerate(ws):
+                g = torch.Generator().manual_seed(sum(ord(c) * 31**k for k, c in enumerate(w)) % 2**31)
+                out[i, j] = torch.randn(self.dim, generator=g) + 0.3 * torch.randn(self.dim, generator=g) * j
+        mask = torch.arange(length)[None, :] < torch.tensor([len(w) for w in words])[:, None]
+        return out, mask
+
+
+@pytest.mark.parametrize("pairs", ["full", "hard_negatives"])
+def test_text_order_negatives_meet_each_clip_with_its_caption_reversed(pairs):
+    from lacoat.losses import ExtraNegatives
+    from lacoat.order_negatives import reverse_order
+
+    torch.manual_seed(0)
+    head = IteratingCascade(D, H, layers=2, dropout=0.0)
+    matcher = AudioTextMatcher(
+        StubEncoder(D), WordEncoder(D), head, d_model=D, embed_dim=8, pair_chunk=4
+    ).eval()
+    loss = NTXentLoss(temperature=0.1, aux_weight=0.5)
+    batch = make_batch([0, 1, 2, 3, 4])
+    del batch["text_tokens"], batch["text_mask"]
+    batch["captions"] = [
+        "a hum, then a click",
+        "a bell rings",
+        "a buzz before a drip",
+        "a hiss",
+        "a tone after a knock",
+    ]
+    out = PairObjective(loss, pairs, hard_negatives=2, order_negatives="text")(matcher, batch)
+
+    text, audio = matcher.text_of(batch), matcher.audio_of(batch)
+    reversed_rows = [0, 2, 4]
+    turned = matcher.encode_text([reverse_order(batch["captions"][i]) for i in reversed_rows])
+    rows = torch.tensor(reversed_rows)
+    co = torch.full((5,), float("-inf"), dtype=torch.float32)
+    bi = co.clone()
+    co[rows] = matcher.score_index_pairs(turned, audio, torch.arange(3), rows).float()
+    bi[rows] = (matcher.embed_text(turned) * matcher.embed_audio(audio)[rows]).sum(-1).float()
+    clip = batch["clip_index"]
+    bi_sim = matcher.bi_scores(text, audio)
+    torch.testing.assert_close(out["loss_aux"], loss.contrastive(bi_sim, clip, clip, ExtraNegatives(a2t=bi)))
+    own = matcher.pair_scores(text, audio)
+    torch.testing.assert_close(out["order_win_text"], (own[rows] > co[rows].to(own.dtype)).float().mean())
+    if pairs == "full":
+        sim = matcher.score_matrix(text, audio)
+        torch.testing.assert_close(
+            out["loss_main"], loss.contrastive(sim, clip, clip, ExtraNegatives(a2t=co))
+        )
+    else:  # the reversed caption is one more candidate of its clip (audio → text)
+        expected = reference_candidate_loss(matcher, loss, batch, 2, a2t_extra=co.to(own.dtype))
+        torch.testing.assert_close(out["loss_main"], expected)

@@ -5,8 +5,15 @@ import math
 import pytest
 import torch
 
-from lacoat.losses import NTXentLoss
-from lacoat.order_negatives import states_order, swap_at_pause, swap_audio_events, swap_token_halves
+from lacoat.losses import ExtraNegatives, NTXentLoss
+from lacoat.order_negatives import (
+    reverse_order,
+    reversed_captions,
+    states_order,
+    swap_at_pause,
+    swap_audio_events,
+    swap_token_halves,
+)
 
 
 def test_captions_that_state_an_order():
@@ -67,19 +74,66 @@ def test_extra_column_is_one_more_negative_per_caption():
     ]
     a2t = [-z[0, 0] + torch.logsumexp(z[:, 0], 0), -z[1, 1] + torch.logsumexp(z[:, 1], 0)]
     expected = (sum(t2a) / 2 + sum(a2t) / 2) / 2
-    assert loss.contrastive(sim, clip, clip, extra).item() == pytest.approx(expected.item(), rel=1e-4)
-    assert loss.contrastive(sim, clip, clip, torch.full((2,), -math.inf)).item() == pytest.approx(
+    assert loss.contrastive(sim, clip, clip, ExtraNegatives(t2a=extra)).item() == pytest.approx(
+        expected.item(), rel=1e-4
+    )
+    none = torch.full((2,), -math.inf)
+    assert loss.contrastive(sim, clip, clip, ExtraNegatives(none, none)).item() == pytest.approx(
         loss.contrastive(sim, clip, clip).item(), rel=1e-4
     )
-    out = loss(sim, clip, clip, aux_sim=sim, extra=extra, aux_extra=extra)
+    out = loss(
+        sim, clip, clip, aux_sim=sim, extra=ExtraNegatives(t2a=extra), aux_extra=ExtraNegatives(t2a=extra)
+    )
     assert out["loss_aux"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_text_extra_column_is_one_more_negative_per_clip():
+    loss = NTXentLoss(temperature=0.1, learnable_temperature=False)
+    sim = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    clip = torch.tensor([0, 1])
+    extra = torch.tensor([float("-inf"), 0.6])  # clip 1's caption reversed scores 0.6 with it
+    z = sim / 0.1
+    t2a = [-z[0, 0] + torch.logsumexp(z[0], 0), -z[1, 1] + torch.logsumexp(z[1], 0)]
+    a2t = [
+        -z[0, 0] + torch.logsumexp(z[:, 0], 0),
+        -z[1, 1] + torch.logsumexp(torch.tensor([z[0, 1], z[1, 1], 0.6 / 0.1]), 0),
+    ]
+    expected = (sum(t2a) / 2 + sum(a2t) / 2) / 2
+    got = loss.contrastive(sim, clip, clip, ExtraNegatives(a2t=extra))
+    assert got.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("caption", "reversed_"),
+    [
+        ("A hum, then a click.", "A click, then a hum."),
+        ("A buzzer and then a drip.", "A drip and then a buzzer."),
+        ("2 drips, then a hiss, then a tone.", "A tone, then a hiss, then 2 drips."),
+        ("First a beep, next a hiss, and lastly a click.", "First a click, next a hiss, and lastly a beep."),
+        ("Two knocks followed by a bell.", "Two knocks preceded by a bell."),
+        ("A siren after three knocks.", "A siren before three knocks."),
+        ("Before a horse neighs, a cow moos", "After a horse neighs, a cow moos"),
+        ("A mid-pitched buzz; later a single soft drip.", "A mid-pitched buzz; earlier a single soft drip."),
+        ("a man speaks then a door closes", "a door closes then a man speaks"),
+        ("A bell rings.", None),
+        ("A buzz while a hum continues.", None),
+        ("Finally, silence.", None),  # a connective with nothing before it
+    ],
+)
+def test_reverse_order(caption, reversed_):
+    assert reverse_order(caption) == reversed_
+
+
+def test_reversed_captions_marks_the_reversed_ones():
+    turned, done = reversed_captions(["A hum, then a click.", "A bell rings."])
+    assert turned == ["A click, then a hum.", "A bell rings."] and done.tolist() == [True, False]
 
 
 def test_captions_without_an_extra_negative_give_finite_gradients():
     loss = NTXentLoss(temperature=0.1, learnable_temperature=True)
     sim = torch.tensor([[0.9, 0.1], [0.2, 0.8]], requires_grad=True)
     extra = torch.tensor([0.5, float("-inf")], requires_grad=True)
-    out = loss(sim, torch.tensor([0, 1]), torch.tensor([0, 1]), extra=extra)
+    out = loss(sim, torch.tensor([0, 1]), torch.tensor([0, 1]), extra=ExtraNegatives(t2a=extra))
     out["loss"].backward()
     assert torch.isfinite(loss.log_logit_scale.grad) and torch.isfinite(sim.grad).all()
     assert extra.grad[1] == 0 and extra.grad[0] > 0

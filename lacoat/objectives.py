@@ -93,19 +93,24 @@ class PairObjective:
         own clip's events swapped, ``a2t`` each clip with its caption reversed, ``[B]`` each with
         ``-inf`` where a row has none; None for a side that is off."""
         co, bi = ExtraNegatives(), ExtraNegatives()
+        device, b = text.tokens.device, len(text)
         if self.order_negatives in ("audio", "both"):
-            ordered = states_order(batch["captions"]).to(text.tokens.device)  # [B]
-            if ordered.any():
-                swapped, done = matcher.swapped_audio_of(batch)
-                ordered = ordered & done  # a clip without a pause has no order negative
-                co_t2a, bi_t2a = _pair_scores(matcher, text, swapped)
-                co, bi = co._replace(t2a=_only(ordered, co_t2a)), bi._replace(t2a=_only(ordered, bi_t2a))
+            rows = states_order(batch["captions"]).nonzero().flatten()  # only these are swapped and scored
+            if len(rows):
+                sides = ("audio", "audio_valid", "audio_tokens", "audio_mask")
+                swapped, done = matcher.swapped_audio_of({k: batch[k][rows] for k in sides if k in batch})
+                done = done.cpu()  # a clip without a pause has no order negative
+                rows = rows[done].to(device)
+                co_t2a, bi_t2a = _extra_scores(matcher, text[rows], swapped[done.to(device)], rows, b)
+                co, bi = co._replace(t2a=co_t2a), bi._replace(t2a=bi_t2a)
         if self.order_negatives in ("text", "both"):
             turned, done = reversed_captions(batch["captions"])
-            if done.any():
-                done = done.to(text.tokens.device)
-                co_a2t, bi_a2t = _pair_scores(matcher, matcher.encode_text(turned), audio)
-                co, bi = co._replace(a2t=_only(done, co_a2t)), bi._replace(a2t=_only(done, bi_a2t))
+            rows = done.nonzero().flatten()  # only these are encoded and scored
+            if len(rows):
+                reversed_text = matcher.encode_text([turned[i] for i in rows.tolist()])
+                rows = rows.to(device)
+                co_a2t, bi_a2t = _extra_scores(matcher, reversed_text, audio[rows], rows, b)
+                co, bi = co._replace(a2t=co_a2t), bi._replace(a2t=bi_a2t)
         return co, bi
 
     def _global_batch(
@@ -170,15 +175,18 @@ def _result(loss: NTXentLoss, main: Tensor, aux: Tensor, aux_weight: float) -> d
     }
 
 
-def _pair_scores(matcher: AudioTextMatcher, text: Tokens, audio: Tokens) -> tuple[Tensor, Tensor]:
-    """Co-attention and bi-encoder scores of aligned pairs (text p with clip p), ``[B]`` each."""
-    bi = (matcher.embed_text(text) * matcher.embed_audio(audio)).sum(-1)
-    return (matcher.pair_scores(text, audio) if matcher.cascade is not None else bi), bi
-
-
-def _only(rows: Tensor, scores: Tensor) -> Tensor:
-    """``scores`` where ``rows``, else ``-inf`` (no extra negative), in float32."""
-    return torch.where(rows, scores.float(), torch.tensor(float("-inf"), device=scores.device))
+def _extra_scores(
+    matcher: AudioTextMatcher, text: Tokens, audio: Tokens, rows: Tensor, b: int
+) -> tuple[Tensor, Tensor]:
+    """Co-attention and bi-encoder scores of the aligned pairs (text p, clip p), placed at ``rows[p]``
+    of ``[b]`` float32 vectors that hold ``-inf`` (no extra negative) elsewhere."""
+    bi = (matcher.embed_text(text) * matcher.embed_audio(audio)).sum(-1)  # [p]
+    co = matcher.pair_scores(text, audio) if matcher.cascade is not None else bi
+    out = []
+    for scores in (co, bi):
+        full = torch.full((b,), float("-inf"), dtype=torch.float32, device=scores.device)
+        out.append(full.index_put((rows,), scores.float()))
+    return out[0], out[1]
 
 
 def _order_wins(own: Tensor, extra: ExtraNegatives) -> dict[str, Tensor]:

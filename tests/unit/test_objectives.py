@@ -157,3 +157,24 @@ def test_text_order_negatives_meet_each_clip_with_its_caption_reversed(pairs):
     else:  # the reversed caption is one more candidate of its clip (audio → text)
         expected = reference_candidate_loss(matcher, loss, batch, 2, a2t_extra=co.to(own.dtype))
         torch.testing.assert_close(out["loss_main"], expected)
+
+
+def test_audio_order_negatives_meet_each_ordered_caption_with_its_clip_swapped():
+    from lacoat.losses import ExtraNegatives
+    from lacoat.order_negatives import swap_token_halves
+
+    matcher, loss = make_matcher(), NTXentLoss(temperature=0.1, aux_weight=0.5)
+    batch = make_batch([0, 1, 2, 3])
+    batch["captions"] = ["a hum, then a click", "a bell rings", "a hiss", "a tone after a knock"]
+    out = PairObjective(loss, "full", order_negatives="audio")(matcher, batch)
+
+    text, audio = matcher.text_of(batch), matcher.audio_of(batch)
+    swapped = matcher.project_audio(
+        swap_token_halves(batch["audio_tokens"], batch["audio_mask"]), batch["audio_mask"]
+    )
+    rows = torch.tensor([0, 3])  # the captions that state an order
+    co = torch.full((4,), float("-inf"), dtype=torch.float32)
+    co[rows] = matcher.pair_scores(text[rows], swapped[rows]).float()
+    clip = batch["clip_index"]
+    sim = matcher.score_matrix(text, audio)
+    torch.testing.assert_close(out["loss_main"], loss.contrastive(sim, clip, clip, ExtraNegatives(t2a=co)))

@@ -17,13 +17,21 @@ from collections.abc import Iterator, Sized
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, Sampler
+from torch.utils.data import BatchSampler, RandomSampler, Sampler
 
 
-class EpochShuffle(Sampler[int]):
-    """A permutation of ``range(n)`` drawn from ``(seed, epoch)``; Lightning sets the epoch."""
+class EpochShuffle(RandomSampler):
+    """A permutation of ``range(n)`` drawn from ``(seed, epoch)``; Lightning sets the epoch.
+
+    A pure function of seed and epoch, so a run resumed at any point, with or without loader workers,
+    meets the same order in every later epoch (a ``RandomSampler`` drawing from a generator shared with
+    the loader does not, without workers). A ``RandomSampler`` by type so that under DDP Lightning sees
+    a shuffled loader and gives each rank a share of a new permutation every epoch
+    (``DistributedSampler(shuffle=True)`` seeded by ``seed_everything``), not a fixed slice.
+    """
 
     def __init__(self, n: int, seed: int = 0) -> None:
+        super().__init__(range(n))
         self.n, self.seed, self.epoch = n, seed, 0
 
     def set_epoch(self, epoch: int) -> None:

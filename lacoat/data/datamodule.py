@@ -413,19 +413,14 @@ class RetrievalDataModule(L.LightningDataModule):
         assert self.train_table is not None, "call setup('fit') first"
         return pd.factorize(self.train_table["file_name"])[0]
 
-    def _loader(self, dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        # Stateful: a checkpoint taken mid-epoch records the loader's position (and its workers'),
-        # so `--ckpt_path last` continues with the very next batch.
+    def _eval_loader(self, dataset: torch.utils.data.Dataset) -> DataLoader:
         return StatefulDataLoader(
             dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
+            batch_size=self.eval_batch_size,
             num_workers=self.num_workers,
             collate_fn=collate,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
-            drop_last=shuffle and len(dataset) > batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -436,14 +431,14 @@ class RetrievalDataModule(L.LightningDataModule):
         )
         clip_of = self.clip_identity()
         dataset = PairDataset(table, clip_of, self.train_loader, self.on_bad_audio, self.seed, features)
-        if self.hard_share == 0:
-            return self._loader(dataset, self.batch_size, shuffle=True)
-        batches = NeighbourBatchSampler(
+        # Stateful: a checkpoint taken mid-epoch records the loader's position (and its workers'), so
+        # `--ckpt_path last` continues with the very next batch; the order is a function of seed and epoch.
+        batches = NeighbourBatchSampler(  # random batches when hard_share is 0
             EpochShuffle(len(dataset), self.seed),
-            self.batch_size,
+            min(self.batch_size, len(dataset)),  # a set smaller than a batch is one batch
             True,
             clip_of,
-            self.training_neighbours(),
+            self.training_neighbours() if self.hard_share > 0 else None,
             self.hard_share,
             self.seed,
         )
@@ -470,10 +465,7 @@ class RetrievalDataModule(L.LightningDataModule):
             self.on_bad_audio,
         )
         queries = QueryDataset(texts, features)
-        return [
-            self._loader(clips, self.eval_batch_size, False),
-            self._loader(queries, self.eval_batch_size, False),
-        ]
+        return [self._eval_loader(clips), self._eval_loader(queries)]
 
     def val_dataloader(self) -> list[DataLoader]:
         return self.eval_dataloaders("val") if "val" in self.source.splits else []

@@ -47,6 +47,50 @@ def test_training_batches_are_deterministic(synthcaps):
     assert a[0]["captions"] != c[0]["captions"]
 
 
+def epoch_captions(loader, epoch: int, skip: int = 0) -> list[list[str]]:
+    """The captions of the loader's batches of ``epoch`` (Lightning sets the epoch like this)."""
+    loader.batch_sampler.sampler.set_epoch(epoch)
+    return [b["captions"] for b in loader][skip:]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_loader_resumed_mid_epoch_meets_the_same_later_epochs(synthcaps, workers):
+    dm = make_dm(synthcaps, num_workers=workers)
+    dm.setup("fit")
+    first = dm.train_dataloader()
+    first.batch_sampler.sampler.set_epoch(0)
+    it = iter(first)
+    seen = [next(it)["captions"] for _ in range(2)]
+    state = first.state_dict()
+    rest = [b["captions"] for b in it]
+    later = epoch_captions(first, 1)
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(state)
+    assert [b["captions"] for b in resumed] == rest
+    assert epoch_captions(resumed, 1) == later != seen + rest  # the next epoch: the same new order
+
+
+def test_under_ddp_each_epoch_gives_each_rank_a_new_share(synthcaps):
+    # what Lightning's data connector does with a training loader under DDP (use_distributed_sampler)
+    from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
+    from lightning.pytorch.utilities.data import _is_dataloader_shuffled
+
+    dm = make_dm(synthcaps)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert _is_dataloader_shuffled(loader)
+    ranks = [
+        _get_distributed_sampler(loader, shuffle=True, mode=None, overfit_batches=0, num_replicas=2, rank=r)
+        for r in (0, 1)
+    ]
+    orders = {}
+    for epoch in (0, 1):
+        for r, sampler in enumerate(ranks):
+            sampler.set_epoch(epoch)
+            orders[epoch, r] = list(sampler)
+    assert set(orders[0, 0]).isdisjoint(orders[0, 1]) and orders[0, 0] != orders[1, 0]
+
+
 def test_eval_set_clips_queries_relevance(synthcaps):
     dm = make_dm(synthcaps, eval_batch_size=4)
     dm.setup("fit")

@@ -21,6 +21,9 @@ from tests.integration.test_train import write_config
 STEPS = ["--trainer.max_steps", "16", "--trainer.val_check_interval", "8", "--resume.every_n_steps", "2"]
 # last.ckpt only at step 8, written just before the validation of step 8, which the resumed run skips
 BEFORE_VALIDATION = ("--resume.every_n_steps", "8")
+# 40 steps: the resumed run crosses into the second epoch (33 batches of 6 of 200 captions), where a
+# shuffle drawn from a generator shared with the loader met another order without loader workers
+ACROSS_AN_EPOCH = ("--trainer.max_steps", "40")
 
 
 def fit_command(config: Path, root: Path, *extra: str) -> list[str]:
@@ -76,9 +79,9 @@ def final_state(root: Path) -> dict[str, torch.Tensor]:
     return torch.load(next(root.glob("checkpoints/*/last.ckpt")), map_location="cpu", weights_only=False)
 
 
-def assert_same_end(a: Path, b: Path) -> None:
+def assert_same_end(a: Path, b: Path, steps: int = 16) -> None:
     left, right = final_state(a), final_state(b)
-    assert left["global_step"] == right["global_step"] == 16
+    assert left["global_step"] == right["global_step"] == steps
     for name, tensor in left["state_dict"].items():
         torch.testing.assert_close(right["state_dict"][name], tensor, rtol=0, atol=1e-6, msg=name)
     ma, mb = (
@@ -106,8 +109,17 @@ HARD_BATCHES = ("--data.hard_share", "0.5", "--data.hard_neighbours", "3")
         (signal.SIGTERM, ()),
         (signal.SIGKILL, HARD_BATCHES),
         (signal.SIGKILL, BEFORE_VALIDATION),
+        (signal.SIGKILL, ACROSS_AN_EPOCH),
+        (signal.SIGKILL, (*ACROSS_AN_EPOCH, "--data.num_workers", "2")),
     ],
-    ids=["sigkill", "sigterm", "sigkill-hard-negative-batches", "sigkill-checkpoint-before-validation"],
+    ids=[
+        "sigkill",
+        "sigterm",
+        "sigkill-hard-negative-batches",
+        "sigkill-checkpoint-before-validation",
+        "sigkill-across-an-epoch",
+        "sigkill-across-an-epoch-2-workers",
+    ],
 )
 def test_killed_fit_resumes_to_the_same_end(tmp_path, synthcaps, sig, extra):
     config = write_config(tmp_path, synthcaps)
@@ -115,8 +127,9 @@ def test_killed_fit_resumes_to_the_same_end(tmp_path, synthcaps, sig, extra):
 
     cut = tmp_path / "cut"
     after_step = 8 if extra == BEFORE_VALIDATION else 5
+    steps = 40 if ACROSS_AN_EPOCH[1] in extra else 16
     step, status = kill_midway(config, cut, sig, after_step, *extra)
-    assert after_step <= step < 16
+    assert after_step <= step < 33
     if sig == signal.SIGTERM:  # handled: Lightning stops after the current step, last.ckpt is saved for it
         assert status == 0, status
     main(
@@ -137,7 +150,7 @@ def test_killed_fit_resumes_to_the_same_end(tmp_path, synthcaps, sig, extra):
 
     for root in (tmp_path / "whole", cut):
         evaluate_last(config, root)
-    assert_same_end(tmp_path / "whole", cut)
+    assert_same_end(tmp_path / "whole", cut, steps)
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path, synthcaps, capsys):

@@ -29,7 +29,7 @@ HEADS = {
 HARD_BATCHES = ["--data.hard_share", "0.5", "--data.hard_neighbours", "2"]
 ORDER_NEGATIVES = ["--model.order_negatives", "audio"]
 TEXT_ORDER_NEGATIVES = ["--model.order_negatives", "text"]
-BOTH_ORDER_NEGATIVES = ["--model.order_negatives", "both"]
+BOTH_ORDER_NEGATIVES = ["--config", "configs/demo_variants/order_negatives.yaml"]  # both sides
 LONG = ["--config", "configs/demo_variants/long.yaml"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
 RUNS: dict[str, list[str]] = {
@@ -136,7 +136,9 @@ def main() -> None:
             if str(seed) in results.get(name, {}):
                 continue
             print(f"{name} seed {seed} ...", flush=True)
-            results.setdefault(name, {})[str(seed)] = run_one(name, seed)
+            out = run_one(name, seed)
+            results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # runs may go in parallel
+            results.setdefault(name, {})[str(seed)] = out
             RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     if args.table:
         print(table(results))

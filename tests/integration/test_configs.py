@@ -102,5 +102,7 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "stack.yaml": StackingCascade,
         "augmented.yaml": IteratingCascade,
         "long.yaml": IteratingCascade,
+        "order_negatives.yaml": IteratingCascade,
     }
     assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))
+    assert model.objective.order_negatives == ("both" if variant == "order_negatives.yaml" else "none")

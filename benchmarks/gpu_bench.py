@@ -8,7 +8,8 @@ in bf16 autocast, on random encoder outputs of the real shapes (no encoder weigh
   by those of a bf16 matmul ``[4096, D] @ [D, 4D]`` of the same width;
 * ``train_step``: peak memory (``torch.cuda.max_memory_allocated``, AdamW state included) and time of
   one training step of the ``clotho_iter`` and ``clotho_stack`` heads at batch 32 and 64 (all B×B
-  pairs), with recomputed pair chunks (as the configs train) and without (``"oom"`` where it does not fit);
+  pairs), with every pair chunk recomputed (``recompute: 1.0``) and without (``recompute: 0.0``, as the
+  configs train at batch 32; ``"oom"`` where it does not fit);
 * ``clotho_eval``: Clotho-size evaluation (5,225 captions × 1,045 clips) of the pair scoring, exhaustive
   (estimated from a measured block of queries) and two-stage with K = 32 (all of it measured).
 
@@ -158,9 +159,10 @@ def pair_scoring(size: Size, device: torch.device) -> dict:
     }
 
 
-def train_step(name: str, b: int, recompute: bool, size: Size, device: torch.device) -> dict:
-    """Peak memory (CUDA only) and seconds of one bf16 training step of head ``name`` at batch ``b``:
-    forward over all B×B pairs, backward, AdamW. The second of two steps is measured (AdamW state exists)."""
+def train_step(name: str, b: int, recompute: float, size: Size, device: torch.device) -> dict:
+    """Peak memory (CUDA only) and seconds of one bf16 training step of head ``name`` at batch ``b``,
+    recomputing the share ``recompute`` of its pair chunks: forward over all B×B pairs, backward, AdamW.
+    The second of two steps is measured (AdamW state exists)."""
     model = head(
         name, recompute, device, size.recompute_chunk, (size.dim, size.heads, size.layers), size.encoder_dim
     )
@@ -183,12 +185,12 @@ def train_step(name: str, b: int, recompute: bool, size: Size, device: torch.dev
 
 
 def train_steps(size: Size, device: torch.device) -> dict:
-    """``train_step`` of both heads at every batch size, recomputed and plain, and the ratio of their
-    step times; a step that runs out of device memory is reported as ``"oom"``."""
+    """``train_step`` of both heads at every batch size, every chunk recomputed and plain, and the ratio
+    of their step times; a step that runs out of device memory is reported as ``"oom"``."""
     out: dict = {}
     for name in ("iter", "stack"):
         for b in size.batches:
-            for recompute in (True, False):
+            for recompute in (1.0, 0.0):
                 key = f"{name}_b{b}_{'recompute' if recompute else 'plain'}"
                 try:
                     out[key] = train_step(name, b, recompute, size, device)

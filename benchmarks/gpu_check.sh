@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU check in one command (about 5 minutes on one GPU, 8 at most): the `gpu`-marked tests (tiny fit + test
-# on CUDA in bf16 with recomputed pair chunks, score_matrix on CUDA against the CPU, the memory bound of
+# on CUDA in bf16 with half the pair chunks recomputed, score_matrix on CUDA against the CPU, the memory bound of
 # recomputation), then the GPU bench section (benchmarks/gpu_bench.py) -> the `gpu` key of
 # benchmarks/results.json. Without a CUDA device it says so and exits 0.
 # Usage: benchmarks/gpu_check.sh            (PY=/path/to/python to use another interpreter)

@@ -12,6 +12,7 @@ Without a cascade the model is a bi-encoder and both scores coincide.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -77,13 +78,20 @@ class AudioTextMatcher(nn.Module):
             frames + frame): ``sinusoidal``, ``learned`` or ``none``. Projected CLAP frames carry no
             position of their own, and the order of events is what co-attention must see.
         audio_max_positions: audio tokens a ``learned`` position table covers.
-        recompute: when gradients are needed (training), keep no activations of the per-pair cascade
-            passes: each chunk of ``recompute_chunk`` pairs is recomputed in backward
-            (``torch.utils.checkpoint``, dropout masks replayed from the saved RNG state), so the
-            memory of B×B pair training grows with ``recompute_chunk``, not with B². Costs one more
-            forward of the pair passes per step; gradients are those of the plain path.
-        recompute_chunk: pairs per recomputed chunk (the activations of one such chunk are alive at a
-            time in backward). Without gradients, or with ``recompute`` off, ``pair_chunk`` applies.
+        recompute: share in [0, 1] of the pair chunks whose activations are not kept when gradients
+            are needed (training): a recomputed chunk keeps only its inputs and is run again in
+            backward (``torch.utils.checkpoint``, dropout masks replayed from the saved RNG state).
+            0 keeps every activation (fastest; memory grows with B²); 1 recomputes every chunk (the
+            memory of B×B pair training then grows with ``recompute_chunk``, not with B², at the cost
+            of one more forward of the pair passes). In between, memory and time trade linearly:
+            ``floor(n · recompute)`` of a step's ``n`` chunks are recomputed, spread evenly
+            (``recomputed_chunks``). Gradients are those of the plain path whatever the share.
+        recompute_chunk: pairs per chunk when ``recompute`` is above 0 (the activations of one
+            recomputed chunk are alive at a time in backward). Without gradients, or with
+            ``recompute`` 0, ``pair_chunk`` applies.
+
+    Raises:
+        ValueError: If ``recompute`` lies outside [0, 1].
     """
 
     def __init__(
@@ -97,9 +105,13 @@ class AudioTextMatcher(nn.Module):
         pair_chunk: int = 1024,
         audio_positions: Literal["sinusoidal", "learned", "none"] = "sinusoidal",
         audio_max_positions: int = 4096,
-        recompute: bool = False,
+        recompute: float = 0.0,
         recompute_chunk: int = 64,
     ) -> None:
+        if not 0.0 <= recompute <= 1.0:
+            raise ValueError(
+                f"recompute must lie in [0, 1] (the share of pair chunks recomputed), got {recompute}"
+            )
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
         width = cascade.dim if cascade is not None else d_model
@@ -113,7 +125,7 @@ class AudioTextMatcher(nn.Module):
         )
         self.text_pool, self.audio_pool = make_pool(), make_pool()
         self.pair_chunk = pair_chunk
-        self.recompute, self.recompute_chunk = recompute, recompute_chunk
+        self.recompute, self.recompute_chunk = float(recompute), recompute_chunk
 
     # ---- per-item work --------------------------------------------------------------------------
     def encode_text(self, texts: list[str]) -> Tokens:
@@ -174,20 +186,23 @@ class AudioTextMatcher(nn.Module):
         """Co-attention cosine of pairs ``(text_index[p], audio_index[p])``, chunked. Returns ``[P]``.
 
         A side the cascade leaves unchanged (the leader of an iterating cascade) is pooled once per
-        item instead of once per pair. With ``recompute`` and gradients enabled, each chunk's
-        activations are dropped after forward and recomputed in backward.
+        item instead of once per pair. With a ``recompute`` share above 0 and gradients enabled, the
+        chunks ``recomputed_chunks`` selects drop their activations after forward and recompute them
+        in backward; the others keep theirs.
         """
         static = self.cascade.static_side
         t_fixed = F.normalize(self.text_pool(text.tokens, text.mask), dim=-1) if static == "text" else None
         a_fixed = (
             F.normalize(self.audio_pool(audio.tokens, audio.mask), dim=-1) if static == "audio" else None
         )
-        recompute = self.recompute and torch.is_grad_enabled()
-        chunk = self.recompute_chunk if recompute else self.pair_chunk
+        share = self.recompute if torch.is_grad_enabled() else 0.0
+        chunk = self.recompute_chunk if share > 0 else self.pair_chunk
+        starts = range(0, len(text_index), chunk)
+        recomputed = recomputed_chunks(len(starts), share)
         out = []
-        for start in range(0, len(text_index), chunk):
+        for start, again in zip(starts, recomputed, strict=True):
             ti, ai = text_index[start : start + chunk], audio_index[start : start + chunk]
-            if recompute:  # saves only its inputs: the per-item sides and the chunk's indices
+            if again:  # saves only its inputs: the per-item sides and the chunk's indices
                 out.append(
                     checkpoint(
                         self._chunk_cosines, text, audio, t_fixed, a_fixed, ti, ai, use_reentrant=False
@@ -299,6 +314,14 @@ class AudioTextMatcher(nn.Module):
             co = score_pairs(text_index, audio_index).float()
         fused[text_index, audio_index] = co + alpha * bi[text_index, audio_index].float()
         return after_shortlist(fused, bi, in_row, dim=1), after_shortlist(fused, bi, in_col, dim=0)
+
+
+def recomputed_chunks(n: int, share: float) -> list[bool]:
+    """Which of ``n`` pair chunks are recomputed in backward at ``share`` (``AudioTextMatcher``'s
+    ``recompute``): chunk ``i`` is iff ``floor((i + 1) · share) > floor(i · share)``, so
+    ``floor(n · share)`` chunks, evenly spread (gaps differ by at most one chunk) and the same at every
+    step; share 1 selects all, share 0 none."""
+    return [math.floor((i + 1) * share) > math.floor(i * share) for i in range(n)]
 
 
 def after_shortlist(scores: Tensor, bi: Tensor, shortlist: Tensor, dim: int = -1) -> Tensor:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lacoat.errors import ModelError
 from lacoat.models.cascade import Cascade, Side
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 from lacoat.models.pooling import AttentionPool, MaskedMeanPool
@@ -88,10 +89,11 @@ class AudioTextMatcher(nn.Module):
             (``recomputed_chunks``). Gradients are those of the plain path whatever the share.
         recompute_chunk: pairs per chunk when ``recompute`` is above 0 (the activations of one
             recomputed chunk are alive at a time in backward). Without gradients, or with
-            ``recompute`` 0, ``pair_chunk`` applies.
+            ``recompute`` 0, ``pair_chunk`` applies. ``true`` / ``false`` (configs and checkpoints
+            made before the share existed) mean 1 and 0.
 
     Raises:
-        ValueError: If ``recompute`` lies outside [0, 1].
+        ModelError: If ``recompute`` lies outside [0, 1].
     """
 
     def __init__(
@@ -105,12 +107,13 @@ class AudioTextMatcher(nn.Module):
         pair_chunk: int = 1024,
         audio_positions: Literal["sinusoidal", "learned", "none"] = "sinusoidal",
         audio_max_positions: int = 4096,
-        recompute: float = 0.0,
+        recompute: float | bool = 0.0,
         recompute_chunk: int = 64,
     ) -> None:
         if not 0.0 <= recompute <= 1.0:
-            raise ValueError(
-                f"recompute must lie in [0, 1] (the share of pair chunks recomputed), got {recompute}"
+            raise ModelError(
+                f"model.matcher recompute must lie in [0, 1] (the share of pair chunks recomputed in "
+                f"backward: 0 none, 1 all), got {recompute}"
             )
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade

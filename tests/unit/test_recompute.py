@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 import lacoat.models.matcher as matcher_module
+from lacoat.errors import ModelError
 from lacoat.models.cascade import IteratingCascade, StackingCascade
 from lacoat.models.matcher import AudioTextMatcher, recomputed_chunks
 
@@ -160,7 +161,7 @@ def test_the_matcher_recomputes_the_selected_chunks(share):
 
 @pytest.mark.parametrize("share", [-0.1, 1.5, float("nan")])
 def test_a_share_outside_0_1_is_refused(share):
-    with pytest.raises(ValueError, match=r"recompute must lie in \[0, 1\]"):
+    with pytest.raises(ModelError, match=r"recompute must lie in \[0, 1\]"):
         make_matcher("stacking", recompute=share)
 
 
@@ -169,3 +170,21 @@ def test_half_the_chunks_recomputed_keep_about_half_the_per_pair_activations():
     kept = {name: saved_bytes(m, 12) for name, m in (("plain", plain), ("half", half), ("full", full))}
     # 144 pairs in 48 chunks of 3: 24 keep their activations, 24 keep only their inputs
     assert 0.45 < (kept["half"] - kept["full"]) / (kept["plain"] - kept["full"]) < 0.55
+
+
+def test_configs_and_checkpoints_from_before_the_share_still_load(tmp_path, capsys):
+    # `recompute: true` (every chunk) was the only setting before the share existed
+    from lacoat.cli import main
+
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        "model:\n  matcher:\n    class_path: lacoat.models.matcher.AudioTextMatcher\n    init_args:\n"
+        "      audio_encoder: {class_path: lacoat.models.encoders.LogMelAudioEncoder}\n"
+        "      text_encoder: {class_path: lacoat.models.encoders.HFTextEncoder, init_args: {model_name: x}}\n"
+        "      recompute: true\n"
+        "  loss: {class_path: lacoat.losses.NTXentLoss}\n"
+    )
+    with pytest.raises(SystemExit) as done:  # parsed and type-checked, nothing built
+        main(["fit", "--config", str(config), "--print_config"])
+    assert done.value.code == 0 and "recompute: true" in capsys.readouterr().out
+    assert make_matcher("stacking", recompute=True).recompute == 1.0

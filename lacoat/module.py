@@ -193,5 +193,9 @@ class LacoatModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         encoders = [self.matcher.audio_encoder, self.matcher.text_encoder]
         optimizer = self.optimizer(param_groups(self, encoders, self.lr, self.encoder_lr, self.weight_decay))
-        scheduler = make_scheduler(self.lr_scheduler, optimizer, int(self.trainer.estimated_stepping_batches))
+        # the run's length, asked late: for an epoch-based run the estimate builds the training loader,
+        # which must happen after a resumed run's loader position is restored (WarmupCosine's docstring)
+        scheduler = make_scheduler(
+            self.lr_scheduler, optimizer, lambda: int(self.trainer.estimated_stepping_batches)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

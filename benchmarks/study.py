@@ -30,6 +30,7 @@ HARD_BATCHES = ["--data.hard_share", "0.5", "--data.hard_neighbours", "2"]
 ORDER_NEGATIVES = ["--model.order_negatives", "audio"]
 TEXT_ORDER_NEGATIVES = ["--model.order_negatives", "text"]
 BOTH_ORDER_NEGATIVES = ["--config", "configs/demo_variants/order_negatives.yaml"]  # both sides
+COUNT_NEGATIVES = ["--config", "configs/demo_variants/count_negatives.yaml"]
 LONG = ["--config", "configs/demo_variants/long.yaml"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
 RUNS: dict[str, list[str]] = {
@@ -51,6 +52,11 @@ RUNS: dict[str, list[str]] = {
     "iterating_long_text_order_negatives": LONG + TEXT_ORDER_NEGATIVES,
     "iterating_long_both_order_negatives": LONG + BOTH_ORDER_NEGATIVES,
     "biencoder_long_both_order_negatives": LONG + HEADS["biencoder"] + BOTH_ORDER_NEGATIVES,
+    "iterating_long_order_count_negatives": LONG + BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES,
+    "biencoder_long_order_count_negatives": LONG
+    + HEADS["biencoder"]
+    + BOTH_ORDER_NEGATIVES
+    + COUNT_NEGATIVES,
 }
 
 KEYS = [

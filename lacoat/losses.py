@@ -25,9 +25,10 @@ __all__ = ["ExtraNegatives", "NTXentLoss", "hardest_negatives", "same_clip_mask"
 class ExtraNegatives(NamedTuple):
     """One more negative score per row of a batch, ``-inf`` where a row has none (``lacoat.order_negatives``).
 
-    ``t2a`` ``[B]``: each caption against its own clip with the events swapped (an extra column of
-    the caption → audio softmax); ``a2t`` ``[B]``: each clip against its caption with the order
-    reversed in words (an extra column of the audio → caption softmax).
+    ``t2a`` ``[B]`` or ``[B, K]``: each caption against its own clip with the events swapped (extra
+    columns of the caption → audio softmax); ``a2t`` ``[B]`` or ``[B, K]``: each clip against its
+    caption with the order reversed or a count changed in words (extra columns of the audio →
+    caption softmax).
     """
 
     t2a: Tensor | None = None
@@ -135,7 +136,7 @@ class NTXentLoss(nn.Module):
             sim: Cosine similarities, text-major; the diagonal holds the matching pairs.
             text_clip: Clip identity of each caption (row).
             audio_clip: Clip identity of each audio (column).
-            extra: one more negative of each row's own, either way (``ExtraNegatives``).
+            extra: more negatives of each row's own, either way (``ExtraNegatives``).
 
         Returns:
             The scalar loss ``(L_t2a + L_a2t) / 2``.
@@ -144,7 +145,7 @@ class NTXentLoss(nn.Module):
             - sim: ``[B, B]``
             - text_clip: ``[B]``
             - audio_clip: ``[B]``
-            - extra: ``[B]`` each
+            - extra: ``[B]`` or ``[B, K]`` each
             - output: ``[]``
         """
         _check_square("sim", sim, text_clip, audio_clip)
@@ -166,11 +167,12 @@ class NTXentLoss(nn.Module):
         Row ``i`` of ``t2a`` is this rank's caption ``i`` against every clip of the global batch; its
         positive is column ``offset + i``. ``a2t`` likewise for this rank's clips against every caption.
         Averaged over ranks of equal batch size this equals ``contrastive`` of the global batch.
-        ``extra`` adds one column to the rows of either direction (see ``contrastive``).
+        ``extra`` adds columns to the rows of either direction (see ``contrastive``).
 
         Shape:
             - t2a, a2t: ``[b, N]`` (N = global batch)
-            - text_clip, audio_clip: ``[b]``; all_text_clip, all_audio_clip: ``[N]``; extra: ``[b]`` each
+            - text_clip, audio_clip: ``[b]``; all_text_clip, all_audio_clip: ``[N]``; extra: ``[b]`` or
+              ``[b, K]`` each
             - output: ``[]``
         """
         rows = torch.arange(t2a.shape[0], device=t2a.device)  # [b]
@@ -187,7 +189,7 @@ class NTXentLoss(nn.Module):
             if more is not None:  # -inf = no extra negative (masked after scaling:
                 none = ~torch.isfinite(more)  # -inf * scale would give the temperature a NaN gradient)
                 more = self._logits(more.masked_fill(none, 0.0)).masked_fill(none, float("-inf"))
-                logits = torch.cat([logits, more[:, None]], dim=1)  # [b, N + 1]
+                logits = torch.cat([logits, more.reshape(len(more), -1)], dim=1)  # [b, N + K]
             losses.append(F.cross_entropy(logits, target))
         return (losses[0] + losses[1]) / 2
 

@@ -41,6 +41,8 @@ class LacoatModule(L.LightningModule):
             "after", …) its own clip with the events swapped as one more negative; ``text`` gives every
             clip its caption with the order reversed in words ("A before B" → "A after B") as one
             more negative; ``both``; ``none`` (``lacoat.order_negatives``).
+        count_negatives: every clip meets its caption with one stated count changed by one ("two
+            knocks" → "three knocks", "twice" → "once") as one more negative (``lacoat.text_negatives``).
         gather_negatives: under DDP, score this rank's captions and clips against the batches of
             all ranks (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
         lr: learning rate of everything but the encoders.
@@ -64,6 +66,7 @@ class LacoatModule(L.LightningModule):
         train_pairs: Literal["full", "hard_negatives"] = "full",
         hard_negatives: int = 7,
         order_negatives: OrderNegatives = "none",
+        count_negatives: bool = False,
         gather_negatives: bool = False,
         lr: float = 3e-4,
         encoder_lr: float = 1e-5,
@@ -82,12 +85,13 @@ class LacoatModule(L.LightningModule):
         self.save_hyperparameters(ignore=["matcher", "loss", "optimizer", "lr_scheduler"])
         if "_instantiator" in self.hparams:
             self.save_hyperparameters()
-        if order_negatives != "none" and gather_negatives:
+        if (order_negatives != "none" or count_negatives) and gather_negatives:
             raise LacoatError(
-                "model.order_negatives does not combine with gather_negatives yet; turn one off"
+                "model.order_negatives and model.count_negatives do not combine with gather_negatives "
+                "yet; turn one off"
             )
         self.matcher, self.loss = matcher, loss
-        self.objective = PairObjective(loss, train_pairs, hard_negatives, order_negatives)
+        self.objective = PairObjective(loss, train_pairs, hard_negatives, order_negatives, count_negatives)
         self.evaluator = Evaluator(matcher, eval_text_block, first_stage_trained=loss.aux_weight > 0)
         self.gather_negatives = gather_negatives
         self.lr, self.encoder_lr, self.weight_decay = lr, encoder_lr, weight_decay

@@ -11,7 +11,8 @@
 With ``order_negatives`` (``lacoat.order_negatives``) every caption that states an order of events
 also meets its own clip with the events swapped (``audio``: one more caption → audio negative), and
 every clip meets its caption with the order reversed in words (``text``: one more audio → caption
-negative), or both.
+negative), or both. With ``count_negatives`` every clip also meets its caption with one stated count
+changed (``lacoat.text_negatives``: one more audio → caption negative).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from lacoat.distributed import Gather
 from lacoat.errors import NumericalError
 from lacoat.losses import ExtraNegatives, NTXentLoss, hardest_negatives
 from lacoat.models.matcher import AudioTextMatcher, Tokens
-from lacoat.order_negatives import reversed_captions, states_order
+from lacoat.order_negatives import states_order
+from lacoat.text_negatives import REWRITES, rewritten
 
 OrderNegatives = Literal["none", "audio", "text", "both"]
 
@@ -43,6 +45,8 @@ class PairObjective:
         order_negatives: ``audio``: each order-stating caption's own clip with its events swapped is
             one more negative of the caption; ``text``: each clip's caption with the order reversed is
             one more negative of the clip; ``both``; ``none``.
+        count_negatives: each clip's caption with one stated count changed by one is one more
+            negative of the clip.
     """
 
     def __init__(
@@ -51,9 +55,16 @@ class PairObjective:
         pairs: Literal["full", "hard_negatives"] = "full",
         hard_negatives: int = 7,
         order_negatives: OrderNegatives = "none",
+        count_negatives: bool = False,
     ) -> None:
         self.loss, self.pairs, self.hard_negatives = loss, pairs, hard_negatives
         self.order_negatives = order_negatives
+        # caption rewrites each clip meets as negatives, one column each of the audio → caption side
+        self.text_rewrites = [
+            kind
+            for kind, on in (("order", order_negatives in ("text", "both")), ("count", count_negatives))
+            if on
+        ]
 
     def __call__(
         self,
@@ -62,9 +73,9 @@ class PairObjective:
         gather: Gather | None = None,
         rank: int = 0,
     ) -> dict[str, Tensor]:
-        """``loss``, ``loss_main``, ``loss_aux``, ``temperature`` and, with order negatives, ``order_win``
-        (how often a caption's own clip outscores its swapped version) and ``order_win_text`` (how
-        often a clip's caption outscores its reversed version).
+        """``loss``, ``loss_main``, ``loss_aux``, ``temperature`` and, with order or count negatives,
+        ``order_win`` (how often a caption's own clip outscores its swapped version), ``order_win_text``
+        and ``count_win_text`` (how often a clip's caption outscores its reversed / recounted version).
 
         Args:
             matcher: the model.
@@ -77,21 +88,22 @@ class PairObjective:
         bi = matcher.bi_scores(text, audio)  # [B, B]
         if gather is not None and self.pairs == "full":
             return self._global_batch(matcher, text, audio, clip, gather, rank)
-        co_extra, bi_extra = self._order_negative_scores(matcher, batch, text, audio)
+        co_extra, bi_extra = self._extra_negative_scores(matcher, batch, text, audio)
         if matcher.cascade is None:
-            return self.loss(bi, clip, clip, extra=bi_extra) | _order_wins(bi.diagonal(), bi_extra)
+            return self.loss(bi, clip, clip, extra=bi_extra) | self._wins(bi.diagonal(), bi_extra)
         if self.pairs == "full":
             sim = matcher.score_matrix(text, audio)  # [B, B]
             out = self.loss(sim, clip, clip, bi, co_extra, bi_extra)
-            return out | _order_wins(sim.diagonal(), co_extra)
+            return out | self._wins(sim.diagonal(), co_extra)
         return self._hard_negatives(matcher, text, audio, clip, bi, co_extra, bi_extra)
 
-    def _order_negative_scores(
+    def _extra_negative_scores(
         self, matcher: AudioTextMatcher, batch: dict[str, Any], text: Tokens, audio: Tokens
     ) -> tuple[ExtraNegatives, ExtraNegatives]:
-        """Order negatives scored by co-attention and by the bi-encoder: ``t2a`` each caption with its
-        own clip's events swapped, ``a2t`` each clip with its caption reversed, ``[B]`` each with
-        ``-inf`` where a row has none; None for a side that is off."""
+        """Order and count negatives scored by co-attention and by the bi-encoder: ``t2a`` ``[B]`` each
+        caption with its own clip's events swapped; ``a2t`` ``[B, K]`` each clip with its caption
+        through each of the ``K`` ``text_rewrites``; ``-inf`` where a row has none; None for a side
+        that is off."""
         co, bi = ExtraNegatives(), ExtraNegatives()
         device, b = text.tokens.device, len(text)
         if self.order_negatives in ("audio", "both"):
@@ -103,15 +115,35 @@ class PairObjective:
                 rows = rows[done].to(device)
                 co_t2a, bi_t2a = _extra_scores(matcher, text[rows], swapped[done.to(device)], rows, b)
                 co, bi = co._replace(t2a=co_t2a), bi._replace(t2a=bi_t2a)
-        if self.order_negatives in ("text", "both"):
-            turned, done = reversed_captions(batch["captions"])
+        co_a2t, bi_a2t = [], []  # a [B] column per caption rewrite
+        for kind in self.text_rewrites:
+            turned, done = rewritten(batch["captions"], REWRITES[kind])
             rows = done.nonzero().flatten()  # only these are encoded and scored
             if len(rows):
-                reversed_text = matcher.encode_text([turned[i] for i in rows.tolist()])
+                rewritten_text = matcher.encode_text([turned[i] for i in rows.tolist()])
                 rows = rows.to(device)
-                co_a2t, bi_a2t = _extra_scores(matcher, reversed_text, audio[rows], rows, b)
-                co, bi = co._replace(a2t=co_a2t), bi._replace(a2t=bi_a2t)
+                co_column, bi_column = _extra_scores(matcher, rewritten_text, audio[rows], rows, b)
+            else:
+                co_column = bi_column = torch.full((b,), float("-inf"), device=device)
+            co_a2t.append(co_column)
+            bi_a2t.append(bi_column)
+        if co_a2t:
+            co, bi = co._replace(a2t=torch.stack(co_a2t, 1)), bi._replace(a2t=torch.stack(bi_a2t, 1))
         return co, bi
+
+    def _wins(self, own: Tensor, extra: ExtraNegatives) -> dict[str, Tensor]:
+        """``order_win``: share of order-stating captions whose own clip outscores its swapped version;
+        ``{kind}_win_text``: share of clips whose caption outscores its ``kind`` rewrite (rows that
+        have one)."""
+        columns = [("order_win", extra.t2a)] if extra.t2a is not None else []
+        if extra.a2t is not None:
+            columns += [(f"{kind}_win_text", extra.a2t[:, k]) for k, kind in enumerate(self.text_rewrites)]
+        out = {}
+        for name, other in columns:
+            has = torch.isfinite(other)
+            if has.any():
+                out[name] = (own[has].detach() > other[has].detach()).float().mean()
+        return out
 
     def _global_batch(
         self,
@@ -147,7 +179,8 @@ class PairObjective:
         bi_extra: ExtraNegatives,
     ) -> dict[str, Tensor]:
         """Candidate loss over each query's positive and its M hardest in-batch negatives (both
-        directions), plus each row's order negative when given; bi-encoder NT-Xent as the aux term."""
+        directions), plus each row's order and count negatives when given; bi-encoder NT-Xent as the
+        aux term."""
         m = self.hard_negatives
         neg_audio = hardest_negatives(bi.detach(), clip, clip, m)  # [B, M] clips for each caption
         neg_text = hardest_negatives(bi.detach().T, clip, clip, m)  # [B, M] captions for each clip
@@ -160,10 +193,10 @@ class PairObjective:
         if co_extra.t2a is not None:
             t2a = torch.cat([t2a, co_extra.t2a[:, None].to(t2a.dtype)], dim=1)  # [B, M + 1]
         if co_extra.a2t is not None:
-            a2t = torch.cat([a2t, co_extra.a2t[:, None].to(a2t.dtype)], dim=1)  # [B, M + 1]
+            a2t = torch.cat([a2t, co_extra.a2t.to(a2t.dtype)], dim=1)  # [B, M + K]
         loss_main = (self.loss.candidate_loss(pos, t2a) + self.loss.candidate_loss(pos, a2t)) / 2
         loss_aux = self.loss.contrastive(bi, clip, clip, bi_extra)
-        return _result(self.loss, loss_main, loss_aux, self.loss.aux_weight) | _order_wins(pos, co_extra)
+        return _result(self.loss, loss_main, loss_aux, self.loss.aux_weight) | self._wins(pos, co_extra)
 
 
 def _result(loss: NTXentLoss, main: Tensor, aux: Tensor, aux_weight: float) -> dict[str, Tensor]:
@@ -187,17 +220,6 @@ def _extra_scores(
         full = torch.full((b,), float("-inf"), dtype=torch.float32, device=scores.device)
         out.append(full.index_put((rows,), scores.float()))
     return out[0], out[1]
-
-
-def _order_wins(own: Tensor, extra: ExtraNegatives) -> dict[str, Tensor]:
-    """``order_win``: share of order-stating captions whose own clip outscores its swapped version;
-    ``order_win_text``: share of clips whose caption outscores its reversed version."""
-    out = {}
-    for name, other in (("order_win", extra.t2a), ("order_win_text", extra.a2t)):
-        if other is not None:
-            has = torch.isfinite(other)
-            out[name] = (own[has].detach() > other[has].detach()).float().mean()
-    return out
 
 
 def non_finite_loss(loss: Tensor, batch: dict[str, Any], where: str, elsewhere: bool) -> NumericalError:

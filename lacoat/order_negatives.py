@@ -88,14 +88,6 @@ def reverse_order(caption: str) -> str | None:
     return (out if caption[:1].islower() else out[0].upper() + out[1:]) + stop
 
 
-def reversed_captions(captions: list[str]) -> tuple[list[str], Tensor]:
-    """Each caption with its order reversed (``reverse_order``; unchanged where it states none) and
-    ``[B]`` bool: which were reversed."""
-    turned = [reverse_order(c) for c in captions]
-    done = torch.tensor([t is not None and t != c for t, c in zip(turned, captions, strict=True)])
-    return [t if t is not None else c for t, c in zip(turned, captions, strict=True)], done
-
-
 def swap_at_pause(wave: Tensor, frame: int, quiet: float = 0.05) -> Tensor | None:
     """``wave`` with the sound before and after its longest pause swapped, the pause kept between them.
 

@@ -103,6 +103,11 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "augmented.yaml": IteratingCascade,
         "long.yaml": IteratingCascade,
         "order_negatives.yaml": IteratingCascade,
+        "count_negatives.yaml": IteratingCascade,
     }
     assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))
     assert model.objective.order_negatives == ("both" if variant == "order_negatives.yaml" else "none")
+    assert model.objective.text_rewrites == {
+        "order_negatives.yaml": ["order"],
+        "count_negatives.yaml": ["count"],
+    }.get(variant, [])

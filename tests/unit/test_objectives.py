@@ -59,8 +59,8 @@ def test_global_batch_over_two_ranks_equals_the_whole_batch(cascade):
 
 def reference_candidate_loss(matcher, loss, batch, m, a2t_extra=None):
     """Pair by pair: each caption against its clip and the m other clips its bi-encoder ranks highest,
-    each clip against its caption and the m highest other captions (and ``a2t_extra[i]`` where finite);
-    cross-entropy at temperature τ."""
+    each clip against its caption and the m highest other captions (and the finite entries of
+    ``a2t_extra[i]``, ``[B, K]``); cross-entropy at temperature τ."""
     text, audio = matcher.text_of(batch), matcher.audio_of(batch)
     clip = batch["clip_index"].tolist()
     bi = matcher.bi_scores(text, audio).detach()
@@ -77,7 +77,7 @@ def reference_candidate_loss(matcher, loss, batch, m, a2t_extra=None):
         others = sorted((j for j in range(b) if clip[j] != clip[i]), key=lambda j: -float(bi[i, j]))[:m]
         t2a.append(ce([score(i, i)] + [score(i, j) for j in others]))
         others = sorted((k for k in range(b) if clip[k] != clip[i]), key=lambda k: -float(bi[k, i]))[:m]
-        more = [a2t_extra[i]] if a2t_extra is not None and torch.isfinite(a2t_extra[i]) else []
+        more = [] if a2t_extra is None else [x for x in a2t_extra[i] if torch.isfinite(x)]
         a2t.append(ce([score(i, i)] + [score(k, i) for k in others] + more))
     return (torch.stack(t2a).mean() + torch.stack(a2t).mean()) / 2
 
@@ -115,9 +115,11 @@ class WordEncoder(torch.nn.Module):
 
 
 @pytest.mark.parametrize("pairs", ["full", "hard_negatives"])
-def test_text_order_negatives_meet_each_clip_with_its_caption_reversed(pairs):
+@pytest.mark.parametrize("kinds", [["order"], ["count"], ["order", "count"]])
+def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds):
     from lacoat.losses import ExtraNegatives
     from lacoat.order_negatives import reverse_order
+    from lacoat.text_negatives import change_count
 
     torch.manual_seed(0)
     head = IteratingCascade(D, H, layers=2, dropout=0.0)
@@ -129,26 +131,36 @@ def test_text_order_negatives_meet_each_clip_with_its_caption_reversed(pairs):
     del batch["text_tokens"], batch["text_mask"]
     batch["captions"] = [
         "a hum, then a click",
-        "a bell rings",
-        "a buzz before a drip",
+        "a bell rings twice",
+        "three knocks before a drip",
         "a hiss",
         "a tone after a knock",
     ]
-    out = PairObjective(loss, pairs, hard_negatives=2, order_negatives="text")(matcher, batch)
+    objective = PairObjective(
+        loss,
+        pairs,
+        2,
+        order_negatives="text" if "order" in kinds else "none",
+        count_negatives="count" in kinds,
+    )
+    out = objective(matcher, batch)
 
     text, audio = matcher.text_of(batch), matcher.audio_of(batch)
-    reversed_rows = [0, 2, 4]
-    turned = matcher.encode_text([reverse_order(batch["captions"][i]) for i in reversed_rows])
-    rows = torch.tensor(reversed_rows)
-    co = torch.full((5,), float("-inf"), dtype=torch.float32)
+    own = matcher.pair_scores(text, audio)
+    rewrites = {"order": (reverse_order, [0, 2, 4]), "count": (change_count, [1, 2])}
+    co = torch.full((5, len(kinds)), float("-inf"), dtype=torch.float32)
     bi = co.clone()
-    co[rows] = matcher.score_index_pairs(turned, audio, torch.arange(3), rows).float()
-    bi[rows] = (matcher.embed_text(turned) * matcher.embed_audio(audio)[rows]).sum(-1).float()
+    for k, kind in enumerate(kinds):
+        rewrite, changed = rewrites[kind]
+        turned = matcher.encode_text([rewrite(batch["captions"][i]) for i in changed])
+        rows = torch.tensor(changed)
+        co[rows, k] = matcher.score_index_pairs(turned, audio, torch.arange(len(rows)), rows).float()
+        bi[rows, k] = (matcher.embed_text(turned) * matcher.embed_audio(audio)[rows]).sum(-1).float()
+        win = (own[rows] > co[rows, k].to(own.dtype)).float().mean()
+        torch.testing.assert_close(out[f"{kind}_win_text"], win)
     clip = batch["clip_index"]
     bi_sim = matcher.bi_scores(text, audio)
     torch.testing.assert_close(out["loss_aux"], loss.contrastive(bi_sim, clip, clip, ExtraNegatives(a2t=bi)))
-    own = matcher.pair_scores(text, audio)
-    torch.testing.assert_close(out["order_win_text"], (own[rows] > co[rows].to(own.dtype)).float().mean())
     if pairs == "full":
         sim = matcher.score_matrix(text, audio)
         torch.testing.assert_close(

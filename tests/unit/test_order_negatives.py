@@ -8,7 +8,6 @@ import torch
 from lacoat.losses import ExtraNegatives, NTXentLoss
 from lacoat.order_negatives import (
     reverse_order,
-    reversed_captions,
     states_order,
     swap_at_pause,
     swap_audio_events,
@@ -124,8 +123,10 @@ def test_reverse_order(caption, reversed_):
     assert reverse_order(caption) == reversed_
 
 
-def test_reversed_captions_marks_the_reversed_ones():
-    turned, done = reversed_captions(["A hum, then a click.", "A bell rings."])
+def test_rewritten_marks_the_reversed_captions():
+    from lacoat.text_negatives import rewritten
+
+    turned, done = rewritten(["A hum, then a click.", "A bell rings."], reverse_order)
     assert turned == ["A click, then a hum.", "A bell rings."] and done.tolist() == [True, False]
 
 

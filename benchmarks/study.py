@@ -1,7 +1,9 @@
 """The co-attention study: ``python benchmarks/study.py RUN [RUN ...] [--seeds 0 1 2]``, then ``--table``.
 
 Each run is ``lacoat fit`` + ``lacoat test`` (exhaustive and two-stage) of ``configs/demo.yaml`` with
-the config files and overrides named in ``RUNS``, once per seed, under ``runs/study/<run>/seed<k>``.
+the config files and overrides named in ``RUNS``, once per seed, under ``runs/study/<run>/seed<k>``;
+a cascade run is also tested two-stage with score fusion (``fused``: ``s_co + α·s_bi``, α of
+``ALPHAS`` chosen by ``lacoat validate``'s ``val/t2a_mAP@10``, as the README tells users to choose it).
 Results (test metrics of both modes, fit seconds) accumulate in ``benchmarks/study.json``; ``--table``
 prints the README's table of mean ± sd over seeds. A finished run/seed is not run again (delete its
 entry to redo it). Runs take minutes each on 2 CPU cores: this is an experiment, not a test.
@@ -10,6 +12,7 @@ entry to redo it). Runs take minutes each on 2 CPU cores: this is an experiment,
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 import subprocess
@@ -59,6 +62,7 @@ RUNS: dict[str, list[str]] = {
     + COUNT_NEGATIVES,
 }
 
+ALPHAS = [0.0, 0.25, 0.5, 1.0, 2.0]
 KEYS = [
     "test/t2a_mAP@10",
     "test/t2a_R@1",
@@ -72,39 +76,69 @@ KEYS = [
 ]
 
 
-def run_one(name: str, seed: int) -> dict:
-    root = REPO / "runs" / "study" / name / f"seed{seed}"
-    common = [
-        "--config",
-        "configs/demo.yaml",
-        *RUNS[name],
-        "--seed_everything",
-        str(seed),
-        "--data.seed",
-        str(seed),
-        "--trainer.default_root_dir",
-        str(root),
-        "--trainer.logger.init_args.save_dir",
-        str(root),
-    ]
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "fit.log", "w") as log:
-        start = time.perf_counter()
-        subprocess.run([LACOAT, "fit", *common], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=True)
-        fit_s = time.perf_counter() - start
-    out = {"fit_s": round(fit_s, 1), "args": RUNS[name]}
-    for mode in ("exhaustive", "rerank"):
-        with open(root / f"test_{mode}.log", "w") as log:
+class Run:
+    """One run and seed of the study: its folder and the ``lacoat`` commands it is made with."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        self.name, self.root = name, REPO / "runs" / "study" / name / f"seed{seed}"
+        self.args = [
+            "--config",
+            "configs/demo.yaml",
+            *RUNS[name],
+            "--seed_everything",
+            str(seed),
+            "--data.seed",
+            str(seed),
+            "--trainer.default_root_dir",
+            str(self.root),
+            "--trainer.logger.init_args.save_dir",
+            str(self.root),
+        ]
+
+    def lacoat(self, command: str, log_name: str, *more: str) -> None:
+        """``lacoat COMMAND`` with the run's arguments and ``more``, its output in ``log_name``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / log_name, "w") as log:
             subprocess.run(
-                [LACOAT, "test", *common, "--model.eval_mode", mode],
+                [LACOAT, command, *self.args, *more],
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 check=True,
             )
-        (report,) = root.glob(f"checkpoints/*/test_metrics_{mode}.json")
-        out[mode] = json.loads(report.read_text())["metrics"]
-    return out
+
+    def test(self, mode: str, *more: str) -> dict:
+        self.lacoat(
+            "test", f"test_{mode}.log" if not more else "test_fused.log", "--model.eval_mode", mode, *more
+        )
+        (report,) = self.root.glob(f"checkpoints/*/test_metrics_{mode}.json")
+        return json.loads(report.read_text())["metrics"]
+
+    def fit_and_test(self) -> dict:
+        """Fit, then test exhaustive and two-stage (and fused, for a cascade)."""
+        start = time.perf_counter()
+        self.lacoat("fit", "fit.log")
+        out = {"fit_s": round(time.perf_counter() - start, 1), "args": RUNS[self.name]}
+        for mode in ("exhaustive", "rerank"):
+            out[mode] = self.test(mode)
+        if "test_bi/t2a_mAP@10" in out["rerank"]:  # a cascade
+            out["fused"] = self.fused()
+        return out
+
+    def fused(self) -> dict:
+        """Two-stage test metrics with score fusion, α of ``ALPHAS`` chosen on validation."""
+        val = {}
+        for alpha in ALPHAS:
+            before = set(self.root.glob("logs/*/metrics.csv"))
+            self.lacoat("validate", f"validate_fusion_{alpha}.log", "--model.fusion_alpha", str(alpha))
+            (metrics,) = set(self.root.glob("logs/*/metrics.csv")) - before  # the validation's CSV log
+            with open(metrics) as f:
+                val[alpha] = next(
+                    float(r["val/t2a_mAP@10"]) for r in csv.DictReader(f) if r["val/t2a_mAP@10"]
+                )
+        best = max(ALPHAS, key=lambda a: (val[a], -a))
+        metrics = self.test("rerank", "--model.fusion_alpha", str(best))
+        return metrics | {"fusion_alpha": best, "val_by_alpha": val}
 
 
 def table(results: dict) -> str:
@@ -135,14 +169,22 @@ def main() -> None:
     parser.add_argument("runs", nargs="*", choices=[*RUNS, []], help="runs to do (see RUNS)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--table", action="store_true", help="print the table of benchmarks/study.json")
+    parser.add_argument(
+        "--fuse", action="store_true", help="add fused test metrics to finished cascade runs that lack them"
+    )
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for name in args.runs:
         for seed in args.seeds:
-            if str(seed) in results.get(name, {}):
+            done = results.get(name, {}).get(str(seed))
+            if done is None:
+                print(f"{name} seed {seed} ...", flush=True)
+                out = Run(name, seed).fit_and_test()
+            elif args.fuse and "fused" not in done and "test_bi/t2a_mAP@10" in done["rerank"]:
+                print(f"{name} seed {seed}: fusion ...", flush=True)
+                out = done | {"fused": Run(name, seed).fused()}
+            else:
                 continue
-            print(f"{name} seed {seed} ...", flush=True)
-            out = run_one(name, seed)
             results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # runs may go in parallel
             results.setdefault(name, {})[str(seed)] = out
             RESULTS.write_text(json.dumps(results, indent=1) + "\n")

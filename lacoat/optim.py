@@ -42,9 +42,13 @@ class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
     @property
     def total_steps(self) -> int:
         """Steps of the whole run (a function given for them is asked now, once)."""
+        self._resolve_total_steps()
+        return max(1, int(self._total_steps))
+
+    def _resolve_total_steps(self) -> None:
+        """Replace a function given for the run's length by its answer."""
         if callable(self._total_steps):
             self._total_steps = int(self._total_steps())
-        return max(1, int(self._total_steps))
 
     def factor(self, step: int) -> float:
         """Multiplier of the base learning rate at ``step``."""
@@ -58,7 +62,7 @@ class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
 
     def state_dict(self) -> dict:
         """As ``LambdaLR``'s, with the run's length resolved (a function cannot be saved)."""
-        self.total_steps  # noqa: B018 - resolves a function given for it
+        self._resolve_total_steps()
         return super().state_dict()
 
 

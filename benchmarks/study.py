@@ -34,6 +34,7 @@ ORDER_NEGATIVES = ["--model.order_negatives", "audio"]
 TEXT_ORDER_NEGATIVES = ["--model.order_negatives", "text"]
 BOTH_ORDER_NEGATIVES = ["--config", "configs/demo_variants/order_negatives.yaml"]  # both sides
 COUNT_NEGATIVES = ["--config", "configs/demo_variants/count_negatives.yaml"]
+ORDER_COUNT = BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES
 LONG = ["--config", "configs/demo_variants/long.yaml"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
 RUNS: dict[str, list[str]] = {
@@ -56,11 +57,8 @@ RUNS: dict[str, list[str]] = {
     "iterating_long_text_order_negatives": LONG + TEXT_ORDER_NEGATIVES,
     "iterating_long_both_order_negatives": LONG + BOTH_ORDER_NEGATIVES,
     "biencoder_long_both_order_negatives": LONG + HEADS["biencoder"] + BOTH_ORDER_NEGATIVES,
-    "iterating_long_order_count_negatives": LONG + BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES,
-    "biencoder_long_order_count_negatives": LONG
-    + HEADS["biencoder"]
-    + BOTH_ORDER_NEGATIVES
-    + COUNT_NEGATIVES,
+    # order negatives on both sides and count negatives, each head
+    **{f"{head}_long_order_count_negatives": LONG + args + ORDER_COUNT for head, args in HEADS.items()},
 }
 
 ALPHAS = [0.0, 0.25, 0.5, 1.0, 2.0]

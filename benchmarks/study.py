@@ -50,7 +50,6 @@ RUNS: dict[str, list[str]] = {
     "iterating_text_order_negatives": TEXT_ORDER_NEGATIVES,
     "biencoder_text_order_negatives": HEADS["biencoder"] + TEXT_ORDER_NEGATIVES,
     "iterating_both_order_negatives": BOTH_ORDER_NEGATIVES,
-    "iterating_own_pools": ["--model.matcher.init_args.shared_pools", "false"],
     # the longer CPU budget
     **{f"{head}_long": LONG + args for head, args in HEADS.items()},
     "iterating_long_order_negatives": LONG + ORDER_NEGATIVES,

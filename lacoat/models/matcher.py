@@ -91,8 +91,6 @@ class AudioTextMatcher(nn.Module):
             recomputed chunk are alive at a time in backward). Without gradients, or with
             ``recompute`` 0, ``pair_chunk`` applies. ``true`` / ``false`` (configs and checkpoints
             made before the share existed) mean 1 and 0.
-        shared_pools: the co-attention score pools the cascade's outputs with the bi-encoder's pools
-            (True: one embedding space for both scores) or with a pair of its own (False).
 
     Raises:
         ModelError: If ``recompute`` lies outside [0, 1].
@@ -111,7 +109,6 @@ class AudioTextMatcher(nn.Module):
         audio_max_positions: int = 4096,
         recompute: float | bool = 0.0,
         recompute_chunk: int = 64,
-        shared_pools: bool = True,
     ) -> None:
         if not 0.0 <= recompute <= 1.0:
             raise ModelError(
@@ -130,8 +127,6 @@ class AudioTextMatcher(nn.Module):
             else (lambda: MaskedMeanPool(width, embed_dim))
         )
         self.text_pool, self.audio_pool = make_pool(), make_pool()
-        if not shared_pools:  # pools of the co-attention score (``co_pools``)
-            self.co_text_pool, self.co_audio_pool = make_pool(), make_pool()
         self.pair_chunk = pair_chunk
         self.recompute, self.recompute_chunk = float(recompute), recompute_chunk
 
@@ -190,13 +185,6 @@ class AudioTextMatcher(nn.Module):
         return self.embed_text(text) @ self.embed_audio(audio).T
 
     # ---- per-pair work --------------------------------------------------------------------------
-    def co_pools(self) -> tuple[nn.Module, nn.Module]:
-        """The (text, audio) pools of the co-attention score: the bi-encoder's unless ``shared_pools``
-        is off."""
-        if hasattr(self, "co_text_pool"):
-            return self.co_text_pool, self.co_audio_pool
-        return self.text_pool, self.audio_pool
-
     def _pair_cosines(self, text: Side, audio: Side, text_index: Tensor, audio_index: Tensor) -> Tensor:
         """Co-attention cosine of pairs ``(text_index[p], audio_index[p])``, chunked. Returns ``[P]``.
 
@@ -206,9 +194,10 @@ class AudioTextMatcher(nn.Module):
         in backward; the others keep theirs.
         """
         static = self.cascade.static_side
-        text_pool, audio_pool = self.co_pools()
-        t_fixed = F.normalize(text_pool(text.tokens, text.mask), dim=-1) if static == "text" else None
-        a_fixed = F.normalize(audio_pool(audio.tokens, audio.mask), dim=-1) if static == "audio" else None
+        t_fixed = F.normalize(self.text_pool(text.tokens, text.mask), dim=-1) if static == "text" else None
+        a_fixed = (
+            F.normalize(self.audio_pool(audio.tokens, audio.mask), dim=-1) if static == "audio" else None
+        )
         share = self.recompute if torch.is_grad_enabled() else 0.0
         chunk = self.recompute_chunk if share > 0 else self.pair_chunk
         starts = range(0, len(text_index), chunk)
@@ -241,9 +230,8 @@ class AudioTextMatcher(nn.Module):
         """
         t, a = text.take(ti), audio.take(ai)
         t_out, a_out = self.cascade.pairs(t, a)  # [p, Lt, D], [p, La, D]
-        text_pool, audio_pool = self.co_pools()
-        t_emb = t_fixed[ti] if t_fixed is not None else F.normalize(text_pool(t_out, t.mask), dim=-1)
-        a_emb = a_fixed[ai] if a_fixed is not None else F.normalize(audio_pool(a_out, a.mask), dim=-1)
+        t_emb = t_fixed[ti] if t_fixed is not None else F.normalize(self.text_pool(t_out, t.mask), dim=-1)
+        a_emb = a_fixed[ai] if a_fixed is not None else F.normalize(self.audio_pool(a_out, a.mask), dim=-1)
         return (t_emb * a_emb).sum(-1)
 
     def score_index_pairs(

@@ -314,21 +314,3 @@ def test_audio_positions_ignore_padding_and_mark_order():
         off = AudioTextMatcher(StubEncoder(D), StubEncoder(D), None, d_model=D, audio_positions="none").eval()
         tokens = off.project_audio(same, torch.ones(1, 5, dtype=torch.bool)).tokens
         assert torch.allclose(tokens[0, 0], tokens[0, 1])
-
-
-@pytest.mark.parametrize("name", ["single", "iterating_text", "iterating_audio"])
-def test_co_attention_score_uses_its_own_pools_unless_shared(name):
-    text, audio = features()
-    shared = make_matcher(name)
-    assert not any(k.startswith("co_") for k in shared.state_dict())  # checkpoints keep their layout
-    torch.manual_seed(0)
-    own = AudioTextMatcher(
-        StubEncoder(D), StubEncoder(D), CASCADES[name](), d_model=D, embed_dim=8, shared_pools=False
-    ).eval()
-    own.load_state_dict(shared.state_dict(), strict=False)  # the same weights but the co-attention pools
-    with torch.no_grad():
-        assert torch.allclose(own.bi_scores(text, audio), shared.bi_scores(text, audio))
-        assert not torch.allclose(own.score_matrix(text, audio), shared.score_matrix(text, audio))
-        own.co_text_pool.load_state_dict(own.text_pool.state_dict())
-        own.co_audio_pool.load_state_dict(own.audio_pool.state_dict())
-        assert torch.allclose(own.score_matrix(text, audio), shared.score_matrix(text, audio), atol=1e-10)

@@ -112,14 +112,14 @@ class Run:
         (report,) = self.root.glob(f"checkpoints/*/test_metrics_{mode}.json")
         return json.loads(report.read_text())["metrics"]
 
-    def fit_and_test(self) -> dict:
-        """Fit, then test exhaustive and two-stage (and fused, for a cascade)."""
+    def fit_and_test(self, fusion: bool = True) -> dict:
+        """Fit, then test exhaustive and two-stage (and fused, for a cascade, unless ``fusion`` is off)."""
         start = time.perf_counter()
         self.lacoat("fit", "fit.log")
         out = {"fit_s": round(time.perf_counter() - start, 1), "args": RUNS[self.name]}
         for mode in ("exhaustive", "rerank"):
             out[mode] = self.test(mode)
-        if "test_bi/t2a_mAP@10" in out["rerank"]:  # a cascade
+        if fusion and "test_bi/t2a_mAP@10" in out["rerank"]:  # a cascade
             out["fused"] = self.fused()
         return out
 
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument(
         "--fuse", action="store_true", help="add fused test metrics to finished cascade runs that lack them"
     )
+    parser.add_argument("--no-fusion", action="store_true", help="leave out the fused test of new runs")
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for name in args.runs:
@@ -177,7 +178,7 @@ def main() -> None:
             done = results.get(name, {}).get(str(seed))
             if done is None:
                 print(f"{name} seed {seed} ...", flush=True)
-                out = Run(name, seed).fit_and_test()
+                out = Run(name, seed).fit_and_test(fusion=not args.no_fusion)
             elif args.fuse and "fused" not in done and "test_bi/t2a_mAP@10" in done["rerank"]:
                 print(f"{name} seed {seed}: fusion ...", flush=True)
                 out = done | {"fused": Run(name, seed).fused()}

@@ -113,22 +113,25 @@ class PairObjective:
                 swapped, done = matcher.swapped_audio_of({k: batch[k][rows] for k in sides if k in batch})
                 done = done.cpu()  # a clip without a pause has no order negative
                 rows = rows[done].to(device)
-                co_t2a, bi_t2a = _extra_scores(matcher, text[rows], swapped[done.to(device)], rows, b)
+                co_t2a, bi_t2a = _extra_scores(matcher, text[rows], swapped[done.to(device)], (rows,), (b,))
                 co, bi = co._replace(t2a=co_t2a), bi._replace(t2a=bi_t2a)
-        co_a2t, bi_a2t = [], []  # a [B] column per caption rewrite
-        for kind in self.text_rewrites:
-            turned, done = rewritten(batch["captions"], REWRITES[kind])
-            rows = done.nonzero().flatten()  # only these are encoded and scored
-            if len(rows):
-                rewritten_text = matcher.encode_text([turned[i] for i in rows.tolist()])
-                rows = rows.to(device)
-                co_column, bi_column = _extra_scores(matcher, rewritten_text, audio[rows], rows, b)
+        if self.text_rewrites:  # column k: each clip's caption through rewrite k
+            captions, rows, columns = [], [], []
+            for k, kind in enumerate(self.text_rewrites):
+                turned, done = rewritten(batch["captions"], REWRITES[kind])
+                for i in done.nonzero().flatten().tolist():  # only these are encoded and scored
+                    captions.append(turned[i])
+                    rows.append(i)
+                    columns.append(k)
+            at = (torch.tensor(rows, device=device), torch.tensor(columns, device=device))
+            shape = (b, len(self.text_rewrites))
+            if captions:  # one encoder pass and one cascade pass for every rewrite
+                co_a2t, bi_a2t = _extra_scores(
+                    matcher, matcher.encode_text(captions), audio[at[0]], at, shape
+                )
             else:
-                co_column = bi_column = torch.full((b,), float("-inf"), device=device)
-            co_a2t.append(co_column)
-            bi_a2t.append(bi_column)
-        if co_a2t:
-            co, bi = co._replace(a2t=torch.stack(co_a2t, 1)), bi._replace(a2t=torch.stack(bi_a2t, 1))
+                co_a2t = bi_a2t = torch.full(shape, float("-inf"), device=device)
+            co, bi = co._replace(a2t=co_a2t), bi._replace(a2t=bi_a2t)
         return co, bi
 
     def _wins(self, own: Tensor, extra: ExtraNegatives) -> dict[str, Tensor]:
@@ -209,16 +212,16 @@ def _result(loss: NTXentLoss, main: Tensor, aux: Tensor, aux_weight: float) -> d
 
 
 def _extra_scores(
-    matcher: AudioTextMatcher, text: Tokens, audio: Tokens, rows: Tensor, b: int
+    matcher: AudioTextMatcher, text: Tokens, audio: Tokens, at: tuple[Tensor, ...], shape: tuple[int, ...]
 ) -> tuple[Tensor, Tensor]:
-    """Co-attention and bi-encoder scores of the aligned pairs (text p, clip p), placed at ``rows[p]``
-    of ``[b]`` float32 vectors that hold ``-inf`` (no extra negative) elsewhere."""
+    """Co-attention and bi-encoder scores of the aligned pairs (text p, clip p), placed at index
+    ``at[·][p]`` of float32 tensors of ``shape`` that hold ``-inf`` (no extra negative) elsewhere."""
     bi = (matcher.embed_text(text) * matcher.embed_audio(audio)).sum(-1)  # [p]
     co = matcher.pair_scores(text, audio) if matcher.cascade is not None else bi
     out = []
     for scores in (co, bi):
-        full = torch.full((b,), float("-inf"), dtype=torch.float32, device=scores.device)
-        out.append(full.index_put((rows,), scores.float()))
+        full = torch.full(shape, float("-inf"), dtype=torch.float32, device=scores.device)
+        out.append(full.index_put(at, scores.float()))
     return out[0], out[1]
 
 

@@ -37,7 +37,7 @@ _TOKEN = re.compile(r"[A-Za-z][A-Za-z'-]*|[^\sA-Za-z]")
 _MAX_NOUN_WORDS = 3  # a count's noun phrase: up to 3 words ("two dull knocks", "a single high bell strike")
 
 
-def _pick(caption: str, options: list) -> object:
+def _pick(caption: str, options: list[str]) -> str:
     """One of ``options``, the same for the same caption (a checksum, not Python's salted hash)."""
     return options[zlib.crc32(caption.encode()) % len(options)]
 
@@ -155,7 +155,7 @@ def change_count(caption: str) -> str | None:
     count; nor is "one" without a noun phrase after it ("one of the dogs").
     """
     changes = _repetition_changes(caption) + _thing_changes(caption)
-    return str(_pick(caption, changes)) if changes else None
+    return _pick(caption, changes) if changes else None
 
 
 Rewrite = Callable[[str], "str | None"]

@@ -48,6 +48,14 @@ _FLIPS = {
     "afterwards": "beforehand",
 }
 _FLIP_WORDS = re.compile(r"\b(" + "|".join(_FLIPS) + r")\b", re.IGNORECASE)
+# Phrases with a relation word that state no order of two events: a succession ("one after another",
+# "time after time") or a stretch of time ("after a while", "before a few seconds have passed").
+_SUCCESSION = r"\b(?:one|day|time|year|step)\s+after\s+(?:another|the\s+other|day|time|year|step)\b"
+_SPAN = r"(?:a|an|some|several|a\s+few|a\s+short|a\s+brief|a\s+couple\s+of|\d+|two|three|four|five|ten)"
+_STRETCH = (
+    r"\b(?:after|before)\s+(?:" + _SPAN + r"\s+)?(?:while|moments?|bit|seconds?|minutes?|time|little)\b"
+)
+_NO_ORDER = re.compile(f"{_SUCCESSION}|{_STRETCH}", re.IGNORECASE)
 # Connectives between events listed in time order: ", then", " and then", "; next", ", and lastly", …
 _SEQUENCE = re.compile(r"\s*[,;]?\s*\b(?:and\s+)?(?:then|next|finally|lastly)\b\s*", re.IGNORECASE)
 _FIRST = re.compile(r"^(first|at first)\s+", re.IGNORECASE)
@@ -65,10 +73,17 @@ def reverse_order(caption: str) -> str | None:
     connectives are listed backwards ("First A, next B, and lastly C." → "First C, next B, and lastly
     A.", "A, then B" → "B, then A"), connectives, a leading "first" and the final stop kept in place.
     Real captions sharing a subject across clauses ("A car revs up then stops") come out less
-    grammatical, but still state the wrong order.
+    grammatical, but still state the wrong order. Phrases that name no order of two events ("one
+    after another", "after a while") are left as they are.
     """
-    if _FLIP_WORDS.search(caption):
-        return _FLIP_WORDS.sub(lambda m: _same_case(_FLIPS[m.group(1).lower()], m.group(1)), caption)
+    idioms = [m.span() for m in _NO_ORDER.finditer(caption)]
+    flips = [m for m in _FLIP_WORDS.finditer(caption) if not any(a <= m.start() < b for a, b in idioms)]
+    if flips:
+        out, start = [], 0
+        for m in flips:
+            out += [caption[start : m.start()], _same_case(_FLIPS[m.group(1).lower()], m.group(1))]
+            start = m.end()
+        return "".join(out) + caption[start:]
     text = caption.strip()
     stop = text[-1] if text and text[-1] in ".!?" else ""
     text = text[: len(text) - len(stop)]

@@ -31,8 +31,14 @@ _BOUNDARY = {
     "then", "and", "or", "but", "before", "after", "followed", "preceded", "while", "with", "without",
     "on", "in", "over", "under", "as", "is", "are", "was", "were", "from", "of", "by", "at", "to",
     "that", "which", "ringing", "into", "near", "behind", "against", "during", "until", "can", "could",
-    "will", "first", "for",
+    "will", "first", "for", "another", "other", "others",
 }  # fmt: skip
+# A count right after these is the end of a range, not a count of its own ("two *or three* birds").
+_RANGE_BEFORE = re.compile(r"\b(?:or|to)\s+$|-$", re.IGNORECASE)
+# Verbs that agree with the counted noun when they follow it ("one chirp *is*" → "two chirps *are*").
+_AGREEING = {"is": "are", "was": "were", "has": "have"}
+_AGREEING.update({plural: singular for singular, plural in _AGREEING.items()})
+_VERB_AFTER = re.compile(r"\s+(" + "|".join(_AGREEING) + r")\b", re.IGNORECASE)
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'-]*|[^\sA-Za-z]")
 _MAX_NOUN_WORDS = 3  # a count's noun phrase: up to 3 words ("two dull knocks", "a single high bell strike")
 
@@ -118,7 +124,9 @@ def _repetition_changes(caption: str) -> list[str]:
 
 def _thing_changes(caption: str) -> list[str]:
     """Captions with one stated number of things ("two knocks", "a single drip") one off, the noun
-    made singular or plural to agree ("a single drip" → "two drips", "two knocks" → "a single knock")."""
+    and a verb right after it made singular or plural to agree ("a single drip" → "two drips", "two
+    knocks are" → "a single knock is"). Not the end of a range ("two or *three* birds") nor "one
+    another"."""
     out = []
     for match in _COUNT.finditer(caption):
         said = match.group(1)
@@ -126,8 +134,9 @@ def _thing_changes(caption: str) -> list[str]:
             continue  # "three times": a repetition
         n = 1 if said.lower() in ("a single", "one") else _NUMBER.get(said.lower()) or int(said)
         noun = _noun(caption, match.end(), plural=n > 1) if n > 0 else None
-        if noun is None:
+        if noun is None or _RANGE_BEFORE.search(caption, 0, match.start(1)):
             continue
+        verb = _VERB_AFTER.match(caption, noun.end())
         for m in _other_counts(n, least=1):
             if m == 1:
                 count, new_noun = "a single", _singular(noun.group(0))
@@ -135,12 +144,12 @@ def _thing_changes(caption: str) -> list[str]:
                 count, new_noun = _number_word(m, said), noun.group(0) if n > 1 else _plural(noun.group(0))
             if said[0].isupper() or match.start(1) == 0:  # "2 drips, …" → "A single drip, …"
                 count = count[0].upper() + count[1:]
+            rest = caption[noun.end() :]
+            if verb is not None and (m == 1) != (n == 1):  # the verb agrees with the new number
+                agreeing = _AGREEING[verb.group(1).lower()]
+                rest = caption[noun.end() : verb.start(1)] + agreeing + caption[verb.end(1) :]
             out.append(
-                caption[: match.start(1)]
-                + count
-                + caption[match.end(1) : noun.start()]
-                + new_noun
-                + caption[noun.end() :]
+                caption[: match.start(1)] + count + caption[match.end(1) : noun.start()] + new_noun + rest
             )
     return out
 

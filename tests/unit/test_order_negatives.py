@@ -117,6 +117,12 @@ def test_text_extra_column_is_one_more_negative_per_clip():
         ("A bell rings.", None),
         ("A buzz while a hum continues.", None),
         ("Finally, silence.", None),  # a connective with nothing before it
+        ("Cars are driving by one after another.", None),  # a succession, not an order of two events
+        ("Vehicle starts up, and after a while the door shuts.", None),  # a stretch of time
+        (
+            "After a few seconds of silence, a bang followed by a thud.",
+            "After a few seconds of silence, a bang preceded by a thud.",
+        ),
     ],
 )
 def test_reverse_order(caption, reversed_):

@@ -30,6 +30,10 @@ from lacoat.text_negatives import _repetition_changes, _thing_changes, change_co
         ("One of the dogs barks.", set()),  # "one" without a noun phrase
         ("A dog barks.", set()),  # a bare article is no stated count
         ("A two-tone siren wails.", set()),
+        ("Sheep call while children speak to one another.", set()),  # "one another" counts nothing
+        ("A man talks about one or two inches.", set()),  # the end of a range is no count
+        ("A single bird is chirping.", {"Two birds are chirping."}),  # the verb agrees
+        ("Two kids are talking.", {"A single kid is talking.", "Three kids are talking."}),
     ],
 )
 def test_count_changes(caption, changes):

@@ -37,6 +37,7 @@ COUNT_NEGATIVES = ["--config", "configs/demo_variants/count_negatives.yaml"]
 ORDER_COUNT = BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES
 LONG = ["--config", "configs/demo_variants/long.yaml"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
+AUDIO_LEAD = ["--model.matcher.init_args.cascade.init_args.lead", "audio"]
 RUNS: dict[str, list[str]] = {
     # the demo recipe (configs/demo.yaml) with each head: the same batches for all
     **{head: args for head, args in HEADS.items()},
@@ -58,6 +59,8 @@ RUNS: dict[str, list[str]] = {
     "biencoder_long_both_order_negatives": LONG + HEADS["biencoder"] + BOTH_ORDER_NEGATIVES,
     # order negatives on both sides and count negatives, each head
     **{f"{head}_long_order_count_negatives": LONG + args + ORDER_COUNT for head, args in HEADS.items()},
+    # the iterating head with the audio leading: the text side follows (hears) the audio
+    "iterating_audio_lead_long_order_count_negatives": LONG + AUDIO_LEAD + ORDER_COUNT,
 }
 
 ALPHAS = [0.0, 0.25, 0.5, 1.0, 2.0]

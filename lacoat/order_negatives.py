@@ -77,13 +77,15 @@ def reverse_order(caption: str) -> str | None:
     after another", "after a while") are left as they are.
     """
     idioms = [m.span() for m in _NO_ORDER.finditer(caption)]
-    flips = [m for m in _FLIP_WORDS.finditer(caption) if not any(a <= m.start() < b for a, b in idioms)]
-    if flips:
-        out, start = [], 0
-        for m in flips:
-            out += [caption[start : m.start()], _same_case(_FLIPS[m.group(1).lower()], m.group(1))]
-            start = m.end()
-        return "".join(out) + caption[start:]
+
+    def flip(m: re.Match[str]) -> str:
+        if any(a <= m.start() < b for a, b in idioms):
+            return m.group(1)
+        return _same_case(_FLIPS[m.group(1).lower()], m.group(1))
+
+    flipped = _FLIP_WORDS.sub(flip, caption)  # every flip changes a word: unchanged means no flip
+    if flipped != caption:
+        return flipped
     text = caption.strip()
     stop = text[-1] if text and text[-1] in ".!?" else ""
     text = text[: len(text) - len(stop)]

@@ -38,6 +38,8 @@ ORDER_COUNT = BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES
 LONG = ["--config", "configs/demo_variants/long.yaml"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
 AUDIO_LEAD = ["--model.matcher.init_args.cascade.init_args.lead", "audio"]
+MATCH_HEAD = ["--model.matcher.init_args.pair_score", "mlp"]  # a learnt score, not the cosine
+SEPARATE_POOLS = ["--model.matcher.init_args.co_pools", "separate"]
 RUNS: dict[str, list[str]] = {
     # the demo recipe (configs/demo.yaml) with each head: the same batches for all
     **{head: args for head, args in HEADS.items()},
@@ -51,6 +53,11 @@ RUNS: dict[str, list[str]] = {
     "iterating_text_order_negatives": TEXT_ORDER_NEGATIVES,
     "biencoder_text_order_negatives": HEADS["biencoder"] + TEXT_ORDER_NEGATIVES,
     "iterating_both_order_negatives": BOTH_ORDER_NEGATIVES,
+    # how the co-attended pair becomes a score: a matching head, pools of its own
+    "iterating_match_head": MATCH_HEAD,
+    "iterating_separate_pools": SEPARATE_POOLS,
+    "stacking_match_head": HEADS["stacking"] + MATCH_HEAD,
+    "stacking_separate_pools": HEADS["stacking"] + SEPARATE_POOLS,
     # the longer CPU budget
     **{f"{head}_long": LONG + args for head, args in HEADS.items()},
     "iterating_long_order_negatives": LONG + ORDER_NEGATIVES,

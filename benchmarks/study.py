@@ -40,6 +40,7 @@ FULL_PAIRS = ["--model.train_pairs", "full"]
 AUDIO_LEAD = ["--model.matcher.init_args.cascade.init_args.lead", "audio"]
 MATCH_HEAD = ["--model.matcher.init_args.pair_score", "mlp"]  # a learnt score, not the cosine
 SEPARATE_POOLS = ["--model.matcher.init_args.co_pools", "separate"]
+TEXT_FINETUNE = ["--config", "configs/demo_variants/text_finetune.yaml"]  # MiniLM not frozen
 RUNS: dict[str, list[str]] = {
     # the demo recipe (configs/demo.yaml) with each head: the same batches for all
     **{head: args for head, args in HEADS.items()},
@@ -58,6 +59,8 @@ RUNS: dict[str, list[str]] = {
     "iterating_separate_pools": SEPARATE_POOLS,
     "stacking_match_head": HEADS["stacking"] + MATCH_HEAD,
     "stacking_separate_pools": HEADS["stacking"] + SEPARATE_POOLS,
+    # the text model fine-tuned, not frozen
+    **{f"{head}_text_finetune": args + TEXT_FINETUNE for head, args in HEADS.items()},
     # the longer CPU budget
     **{f"{head}_long": LONG + args for head, args in HEADS.items()},
     "iterating_long_order_negatives": LONG + ORDER_NEGATIVES,
@@ -68,6 +71,10 @@ RUNS: dict[str, list[str]] = {
     **{f"{head}_long_order_count_negatives": LONG + args + ORDER_COUNT for head, args in HEADS.items()},
     # the iterating head with the audio leading: the text side follows (hears) the audio
     "iterating_audio_lead_long_order_count_negatives": LONG + AUDIO_LEAD + ORDER_COUNT,
+    **{
+        f"{head}_long_order_count_negatives_text_finetune": LONG + args + ORDER_COUNT + TEXT_FINETUNE
+        for head, args in HEADS.items()
+    },
 }
 
 ALPHAS = [0.0, 0.25, 0.5, 1.0, 2.0]

@@ -47,6 +47,9 @@ class LacoatModule(L.LightningModule):
             all ranks (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
         lr: learning rate of everything but the encoders.
         encoder_lr: learning rate of trainable encoder weights.
+        text_encoder_lr: learning rate of a trainable text encoder, where it must differ from the
+            audio encoder's (a pretrained text model fine-tuned beside an audio encoder trained from
+            scratch); None: ``encoder_lr``.
         weight_decay: weight decay of weight matrices (never of biases, norms or the temperature).
         optimizer: the optimiser class, given the parameter groups (their ``lr`` and ``weight_decay``).
         lr_scheduler: the schedule, stepped every step; ``WarmupCosine`` gets the run's total steps.
@@ -70,6 +73,7 @@ class LacoatModule(L.LightningModule):
         gather_negatives: bool = False,
         lr: float = 3e-4,
         encoder_lr: float = 1e-5,
+        text_encoder_lr: float | None = None,
         weight_decay: float = 0.01,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable = WarmupCosine,
@@ -95,6 +99,7 @@ class LacoatModule(L.LightningModule):
         self.evaluator = Evaluator(matcher, eval_text_block, first_stage_trained=loss.aux_weight > 0)
         self.gather_negatives = gather_negatives
         self.lr, self.encoder_lr, self.weight_decay = lr, encoder_lr, weight_decay
+        self.text_encoder_lr = encoder_lr if text_encoder_lr is None else text_encoder_lr
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
         self.eval_mode, self.rerank_k, self.fusion_alpha = eval_mode, rerank_k, fusion_alpha
         self.predict_top_k = predict_top_k
@@ -195,8 +200,11 @@ class LacoatModule(L.LightningModule):
 
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
-        encoders = [self.matcher.audio_encoder, self.matcher.text_encoder]
-        optimizer = self.optimizer(param_groups(self, encoders, self.lr, self.encoder_lr, self.weight_decay))
+        encoders = [
+            (self.matcher.audio_encoder, self.encoder_lr),
+            (self.matcher.text_encoder, self.text_encoder_lr),
+        ]
+        optimizer = self.optimizer(param_groups(self, encoders, self.lr, self.weight_decay))
         # the run's length, asked late: for an epoch-based run the estimate builds the training loader,
         # which must happen after a resumed run's loader position is restored (WarmupCosine's docstring)
         scheduler = make_scheduler(

@@ -67,22 +67,24 @@ class WarmupCosine(torch.optim.lr_scheduler.LambdaLR):
 
 
 def param_groups(
-    model: nn.Module, encoders: list[nn.Module], lr: float, encoder_lr: float, weight_decay: float
+    model: nn.Module, encoders: list[tuple[nn.Module, float]], lr: float, weight_decay: float
 ) -> list[dict]:
-    """Trainable parameters in groups: ``encoders``' at ``encoder_lr``, the rest at ``lr``; weight decay
-    only on weight matrices (ndim ≥ 2)."""
-    in_encoders = {id(p) for encoder in encoders for p in encoder.parameters()}
-    groups: dict[tuple[bool, bool], list[Tensor]] = {}
+    """Trainable parameters in groups: each of ``encoders``' ``(module, lr)`` at its rate, the rest at
+    ``lr``; weight decay only on weight matrices (ndim ≥ 2). Encoders at the same rate share groups,
+    so the groups (and a checkpoint's optimiser state) stay those of one encoder rate unless the rates
+    differ."""
+    rate_of = {id(p): rate for encoder, rate in encoders for p in encoder.parameters()}
+    groups: dict[tuple[float | None, bool], list[Tensor]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            groups.setdefault((id(p) in in_encoders, p.ndim >= 2), []).append(p)
+            groups.setdefault((rate_of.get(id(p)), p.ndim >= 2), []).append(p)
     return [
         {
             "params": params,
-            "lr": encoder_lr if encoder else lr,
+            "lr": lr if rate is None else rate,
             "weight_decay": weight_decay if decays else 0.0,
         }
-        for (encoder, decays), params in groups.items()
+        for (rate, decays), params in groups.items()
     ]
 
 

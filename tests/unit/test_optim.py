@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lacoat.optim import WarmupCosine, make_scheduler
+from lacoat.optim import WarmupCosine, make_scheduler, param_groups
 
 
 def optimizer() -> torch.optim.Optimizer:
@@ -54,3 +54,22 @@ class Counted(torch.optim.lr_scheduler.LambdaLR):
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int = 1) -> None:
         self.total_steps = total_steps
         super().__init__(optimizer, lambda step: 1.0)
+
+
+def test_param_groups_give_each_encoder_its_rate_and_share_groups_at_one_rate():
+    torch.manual_seed(0)
+    audio, text, head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+    model = torch.nn.ModuleDict({"audio": audio, "text": text, "head": head})
+
+    def rates(groups):  # parameter name -> (lr, weight decay)
+        names = {id(p): n for n, p in model.named_parameters()}
+        return {names[id(p)]: (g["lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+
+    apart = param_groups(model, [(audio, 1e-3), (text, 2e-5)], lr=5e-4, weight_decay=0.1)
+    assert rates(apart) == {
+        "audio.weight": (1e-3, 0.1), "audio.bias": (1e-3, 0.0),
+        "text.weight": (2e-5, 0.1), "text.bias": (2e-5, 0.0),
+        "head.weight": (5e-4, 0.1), "head.bias": (5e-4, 0.0),
+    }  # fmt: skip
+    # one encoder rate: the four groups a checkpoint's optimiser state was saved with
+    assert len(param_groups(model, [(audio, 1e-3), (text, 1e-3)], lr=1e-3, weight_decay=0.1)) == 4

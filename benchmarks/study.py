@@ -38,8 +38,6 @@ ORDER_COUNT = BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES
 LONG = ["--config", "configs/demo_variants/long.yaml"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
 AUDIO_LEAD = ["--model.matcher.init_args.cascade.init_args.lead", "audio"]
-MATCH_HEAD = ["--model.matcher.init_args.pair_score", "mlp"]  # a learnt score, not the cosine
-SEPARATE_POOLS = ["--model.matcher.init_args.co_pools", "separate"]
 TEXT_FINETUNE = ["--config", "configs/demo_variants/text_finetune.yaml"]  # MiniLM not frozen
 RUNS: dict[str, list[str]] = {
     # the demo recipe (configs/demo.yaml) with each head: the same batches for all
@@ -54,11 +52,6 @@ RUNS: dict[str, list[str]] = {
     "iterating_text_order_negatives": TEXT_ORDER_NEGATIVES,
     "biencoder_text_order_negatives": HEADS["biencoder"] + TEXT_ORDER_NEGATIVES,
     "iterating_both_order_negatives": BOTH_ORDER_NEGATIVES,
-    # how the co-attended pair becomes a score: a matching head, pools of its own
-    "iterating_match_head": MATCH_HEAD,
-    "iterating_separate_pools": SEPARATE_POOLS,
-    "stacking_match_head": HEADS["stacking"] + MATCH_HEAD,
-    "stacking_separate_pools": HEADS["stacking"] + SEPARATE_POOLS,
     # the text model fine-tuned, not frozen
     **{f"{head}_text_finetune": args + TEXT_FINETUNE for head, args in HEADS.items()},
     # the longer CPU budget

@@ -3,9 +3,7 @@
 Two scores come out of one model:
 
 * the **co-attention score** ``cos(pool_t(t | a), pool_a(a | t))``, computed per (text, clip) pair
-  through the cascade (a cross-encoder: an embedding depends on its partner); ``pair_score: mlp``
-  replaces the cosine by a learnt matching head on the two embeddings, ``co_pools: separate`` gives
-  the co-attended sequences pools of their own;
+  through the cascade (a cross-encoder: an embedding depends on its partner);
 * the **bi-encoder score** ``cos(pool_t(t), pool_a(a))`` from the same pools and projections applied
   to the unimodal tokens: a matrix product, the baseline and the cheap first stage of retrieval.
 
@@ -89,21 +87,13 @@ class AudioTextMatcher(nn.Module):
             of one more forward of the pair passes). In between, memory and time trade linearly:
             ``floor(n · recompute)`` of a step's ``n`` chunks are recomputed, spread evenly
             (``recomputed_chunks``). Gradients are those of the plain path whatever the share.
-        pair_score: how a pair's two co-attended embeddings become its score: ``cosine`` (the
-            paper) or ``mlp``, a matching head (ALBEF / BLIP's image-text matching head, here on the
-            pooled embeddings): an MLP over ``[t, a, t ⊙ a, |t − a|]`` of the normalised embeddings,
-            bounded by tanh to [-1, 1] like a cosine. The bi-encoder score stays a cosine.
-        co_pools: ``shared``: the co-attended sequences are pooled by the bi-encoder's pools (the
-            paper); ``separate``: by pools of their own, so the first stage and the co-attention
-            score do not compete for one pooling.
         recompute_chunk: pairs per chunk when ``recompute`` is above 0 (the activations of one
             recomputed chunk are alive at a time in backward). Without gradients, or with
             ``recompute`` 0, ``pair_chunk`` applies. ``true`` / ``false`` (configs and checkpoints
             made before the share existed) mean 1 and 0.
 
     Raises:
-        ModelError: If ``recompute`` lies outside [0, 1], or ``pair_score`` / ``co_pools`` are set
-            without a cascade.
+        ModelError: If ``recompute`` lies outside [0, 1].
     """
 
     def __init__(
@@ -119,18 +109,11 @@ class AudioTextMatcher(nn.Module):
         audio_max_positions: int = 4096,
         recompute: float | bool = 0.0,
         recompute_chunk: int = 64,
-        pair_score: Literal["cosine", "mlp"] = "cosine",
-        co_pools: Literal["shared", "separate"] = "shared",
     ) -> None:
         if not 0.0 <= recompute <= 1.0:
             raise ModelError(
                 f"model.matcher recompute must lie in [0, 1] (the share of pair chunks recomputed in "
                 f"backward: 0 none, 1 all), got {recompute}"
-            )
-        if cascade is None and (pair_score != "cosine" or co_pools != "shared"):
-            raise ModelError(
-                f"model.matcher pair_score: {pair_score} / co_pools: {co_pools} shape the co-attention "
-                f"score, but this matcher has no cascade (a bi-encoder); remove them or add a cascade"
             )
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
@@ -144,10 +127,6 @@ class AudioTextMatcher(nn.Module):
             else (lambda: MaskedMeanPool(width, embed_dim))
         )
         self.text_pool, self.audio_pool = make_pool(), make_pool()
-        # the pools of the co-attended sequences: the bi-encoder's unless separate (registered only then)
-        self.co_text_pool = make_pool() if co_pools == "separate" else None
-        self.co_audio_pool = make_pool() if co_pools == "separate" else None
-        self.match_head = MatchHead(embed_dim) if pair_score == "mlp" else None
         self.pair_chunk = pair_chunk
         self.recompute, self.recompute_chunk = float(recompute), recompute_chunk
 
@@ -206,15 +185,8 @@ class AudioTextMatcher(nn.Module):
         return self.embed_text(text) @ self.embed_audio(audio).T
 
     # ---- per-pair work --------------------------------------------------------------------------
-    def _co_pool(self, side: Literal["text", "audio"]) -> nn.Module:
-        """The pool of a co-attended ``side``: its own with ``co_pools: separate``, else the bi-encoder's."""
-        own = self.co_text_pool if side == "text" else self.co_audio_pool
-        if own is not None:
-            return own
-        return self.text_pool if side == "text" else self.audio_pool
-
-    def _pair_co_scores(self, text: Side, audio: Side, text_index: Tensor, audio_index: Tensor) -> Tensor:
-        """Co-attention scores of pairs ``(text_index[p], audio_index[p])``, chunked. Returns ``[P]``.
+    def _pair_cosines(self, text: Side, audio: Side, text_index: Tensor, audio_index: Tensor) -> Tensor:
+        """Co-attention cosine of pairs ``(text_index[p], audio_index[p])``, chunked. Returns ``[P]``.
 
         A side the cascade leaves unchanged (the leader of an iterating cascade) is pooled once per
         item instead of once per pair. With a ``recompute`` share above 0 and gradients enabled, the
@@ -222,13 +194,9 @@ class AudioTextMatcher(nn.Module):
         in backward; the others keep theirs.
         """
         static = self.cascade.static_side
-        t_fixed = (
-            F.normalize(self._co_pool("text")(text.tokens, text.mask), dim=-1) if static == "text" else None
-        )
+        t_fixed = F.normalize(self.text_pool(text.tokens, text.mask), dim=-1) if static == "text" else None
         a_fixed = (
-            F.normalize(self._co_pool("audio")(audio.tokens, audio.mask), dim=-1)
-            if static == "audio"
-            else None
+            F.normalize(self.audio_pool(audio.tokens, audio.mask), dim=-1) if static == "audio" else None
         )
         share = self.recompute if torch.is_grad_enabled() else 0.0
         chunk = self.recompute_chunk if share > 0 else self.pair_chunk
@@ -240,14 +208,14 @@ class AudioTextMatcher(nn.Module):
             if again:  # saves only its inputs: the per-item sides and the chunk's indices
                 out.append(
                     checkpoint(
-                        self._chunk_co_scores, text, audio, t_fixed, a_fixed, ti, ai, use_reentrant=False
+                        self._chunk_cosines, text, audio, t_fixed, a_fixed, ti, ai, use_reentrant=False
                     )
                 )
             else:
-                out.append(self._chunk_co_scores(text, audio, t_fixed, a_fixed, ti, ai))
+                out.append(self._chunk_cosines(text, audio, t_fixed, a_fixed, ti, ai))
         return torch.cat(out) if out else text.tokens.new_zeros(0)
 
-    def _chunk_co_scores(
+    def _chunk_cosines(
         self,
         text: Side,
         audio: Side,
@@ -256,20 +224,14 @@ class AudioTextMatcher(nn.Module):
         ti: Tensor,
         ai: Tensor,
     ) -> Tensor:
-        """Scores of the pairs ``(ti[p], ai[p])`` (``[p]`` each) through the cascade. Returns ``[p]``.
+        """Cosines of the pairs ``(ti[p], ai[p])`` (``[p]`` each) through the cascade. Returns ``[p]``.
 
         ``t_fixed`` / ``a_fixed``: the static side's per-item embeddings ``[B, E]``, or None.
         """
         t, a = text.take(ti), audio.take(ai)
         t_out, a_out = self.cascade.pairs(t, a)  # [p, Lt, D], [p, La, D]
-        t_emb = (
-            t_fixed[ti] if t_fixed is not None else F.normalize(self._co_pool("text")(t_out, t.mask), dim=-1)
-        )
-        a_emb = (
-            a_fixed[ai] if a_fixed is not None else F.normalize(self._co_pool("audio")(a_out, a.mask), dim=-1)
-        )
-        if self.match_head is not None:
-            return self.match_head(t_emb, a_emb)
+        t_emb = t_fixed[ti] if t_fixed is not None else F.normalize(self.text_pool(t_out, t.mask), dim=-1)
+        a_emb = a_fixed[ai] if a_fixed is not None else F.normalize(self.audio_pool(a_out, a.mask), dim=-1)
         return (t_emb * a_emb).sum(-1)
 
     def score_index_pairs(
@@ -283,7 +245,7 @@ class AudioTextMatcher(nn.Module):
             return (self.embed_text(text)[text_index] * self.embed_audio(audio)[audio_index]).sum(-1)
         t = self.cascade.prepare_text(text.tokens, text.mask)
         a = self.cascade.prepare_audio(audio.tokens, audio.mask)
-        return self._pair_co_scores(t, a, text_index, audio_index)
+        return self._pair_cosines(t, a, text_index, audio_index)
 
     def pair_scores(self, text: Tokens, audio: Tokens) -> Tensor:
         """Scores of aligned pairs (text p with clip p). Returns ``[P]``."""
@@ -316,7 +278,7 @@ class AudioTextMatcher(nn.Module):
             q = len(block)
             text_index = torch.arange(q, device=block.tokens.device).repeat_interleave(n)
             audio_index = torch.arange(n, device=block.tokens.device).repeat(q)
-            rows.append(self._pair_co_scores(t, a, text_index, audio_index).view(q, n))
+            rows.append(self._pair_cosines(t, a, text_index, audio_index).view(q, n))
         return torch.cat(rows)
 
     def rerank_scores(
@@ -355,22 +317,6 @@ class AudioTextMatcher(nn.Module):
             co = score_pairs(text_index, audio_index).float()
         fused[text_index, audio_index] = co + alpha * bi[text_index, audio_index].float()
         return after_shortlist(fused, bi, in_row, dim=1), after_shortlist(fused, bi, in_col, dim=0)
-
-
-class MatchHead(nn.Module):
-    """A learnt pair score in [-1, 1] from two normalised embeddings ``[P, E]`` each: an MLP over
-    ``[t, a, t ⊙ a, |t − a|]`` and tanh. Returns ``[P]``.
-
-    Args:
-        dim: embedding width E.
-    """
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(4 * dim, dim), nn.GELU(), nn.Linear(dim, 1))
-
-    def forward(self, t: Tensor, a: Tensor) -> Tensor:
-        return torch.tanh(self.mlp(torch.cat([t, a, t * a, (t - a).abs()], dim=-1))).squeeze(-1)
 
 
 def recomputed_chunks(n: int, share: float) -> list[bool]:

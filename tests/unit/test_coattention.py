@@ -4,7 +4,6 @@ import pytest
 import torch
 from torch import nn
 
-from lacoat.errors import ModelError
 from lacoat.models.attention import GuidedAttention, SelfAttention
 from lacoat.models.cascade import IteratingCascade, SingleCascade, StackingCascade
 from lacoat.models.matcher import AudioTextMatcher, Tokens
@@ -168,15 +167,12 @@ def test_cascade_split_equals_naive_and_ignores_padding(name):
         assert torch.allclose(pad_a[b, :na], out_a[b, :na], atol=1e-10)
 
 
-def make_matcher(name, pair_chunk=5, **options):
+def make_matcher(name, pair_chunk=5):
     torch.manual_seed(0)
     cascade = CASCADES[name]() if name != "biencoder" else None
     return AudioTextMatcher(
-        StubEncoder(D), StubEncoder(D), cascade, d_model=D, embed_dim=8, pair_chunk=pair_chunk, **options
+        StubEncoder(D), StubEncoder(D), cascade, d_model=D, embed_dim=8, pair_chunk=pair_chunk
     ).eval()
-
-
-SCORE_OPTIONS = {"mlp": {"pair_score": "mlp"}, "separate": {"co_pools": "separate"}}
 
 
 def features(n_text=5, n_audio=4):
@@ -200,34 +196,6 @@ def test_score_matrix_equals_naive_pair_loop(name):
     assert fast.shape == (5, 4)
     assert torch.allclose(fast, naive, atol=1e-10)
     assert fast.abs().max() <= 1 + 1e-9
-
-
-@pytest.mark.parametrize("option", list(SCORE_OPTIONS))
-@pytest.mark.parametrize("name", ["stacking", "iterating_text", "iterating_audio"])
-def test_score_options_keep_split_scoring_exact_and_bi_encoder_unchanged(name, option):
-    plain, matcher = make_matcher(name), make_matcher(name, **SCORE_OPTIONS[option])
-    matcher.load_state_dict(plain.state_dict(), strict=False)  # the same weights where both have them
-    text, audio = features()
-    with torch.no_grad():
-        fast = matcher.score_matrix(text, audio, text_block=2)
-        naive = torch.stack(
-            [
-                torch.cat([matcher.pair_scores(text[i : i + 1], audio[j : j + 1]) for j in range(4)])
-                for i in range(5)
-            ]
-        )
-        assert torch.allclose(fast, naive, atol=1e-10) and fast.abs().max() <= 1
-        assert torch.allclose(matcher.bi_scores(text, audio), plain.bi_scores(text, audio))
-        assert not torch.allclose(fast, plain.score_matrix(text, audio))  # the option changes the co score
-
-
-def test_default_score_keeps_the_checkpoint_format_and_options_need_a_cascade():
-    plain = make_matcher("iterating_text")
-    assert not any(k.startswith(("co_", "match_head")) for k in plain.state_dict())
-    keys = set(make_matcher("iterating_text", co_pools="separate", pair_score="mlp").state_dict())
-    assert {"co_text_pool.merge.weight", "co_audio_pool.merge.weight", "match_head.mlp.0.weight"} <= keys
-    with pytest.raises(ModelError, match="no cascade"):
-        make_matcher("biencoder", pair_score="mlp")
 
 
 @pytest.mark.parametrize("name", ["stacking", "iterating_text"])

@@ -104,6 +104,7 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "long.yaml": IteratingCascade,
         "order_negatives.yaml": IteratingCascade,
         "count_negatives.yaml": IteratingCascade,
+        "text_finetune.yaml": IteratingCascade,
     }
     assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))
     assert model.objective.order_negatives == ("both" if variant == "order_negatives.yaml" else "none")
@@ -111,3 +112,6 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "order_negatives.yaml": ["order"],
         "count_negatives.yaml": ["count"],
     }.get(variant, [])
+    text_trains = any(p.requires_grad for p in model.matcher.text_encoder.parameters())
+    assert text_trains == (variant == "text_finetune.yaml")
+    assert model.text_encoder_lr == (3e-5 if variant == "text_finetune.yaml" else model.encoder_lr)

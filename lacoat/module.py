@@ -94,6 +94,13 @@ class LacoatModule(L.LightningModule):
                 "model.order_negatives and model.count_negatives do not combine with gather_negatives "
                 "yet; turn one off"
             )
+        if text_encoder_lr is not None and not any(
+            p.requires_grad for p in matcher.text_encoder.parameters()
+        ):
+            raise LacoatError(
+                f"model.text_encoder_lr is {text_encoder_lr}, but the text encoder is frozen, so nothing "
+                "trains at that rate; set its init_args frozen: false, or drop text_encoder_lr"
+            )
         self.matcher, self.loss = matcher, loss
         self.objective = PairObjective(loss, train_pairs, hard_negatives, order_negatives, count_negatives)
         self.evaluator = Evaluator(matcher, eval_text_block, first_stage_trained=loss.aux_weight > 0)

@@ -549,6 +549,19 @@ def test_non_finite_loss_stops_fit_naming_the_batch_files(tiny: Path, tmp_path: 
     assert "Lower model.lr, set trainer.gradient_clip_val" in err and "--ckpt_path last" in err
 
 
+def test_a_text_rate_for_a_frozen_text_model_is_refused(tiny: Path, tmp_path: Path, capsys) -> None:
+    from lacoat.cli import main
+    from tests.integration.test_train import write_config
+
+    config = write_config(tmp_path, tiny)  # its text model is frozen
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--model.text_encoder_lr", "3e-5"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "model.text_encoder_lr is 3e-05, but the text encoder is frozen" in err
+    assert "frozen: false" in err and not (tmp_path / "runs" / "checkpoints").exists()
+
+
 def test_eval_clips_skip_marker_and_collate(tiny: Path, tmp_path: Path) -> None:
     from lacoat.data.collate import collate
     from lacoat.data.datasets import AudioLoader, ClipDataset

@@ -94,9 +94,7 @@ class LacoatModule(L.LightningModule):
                 "model.order_negatives and model.count_negatives do not combine with gather_negatives "
                 "yet; turn one off"
             )
-        if text_encoder_lr is not None and not any(
-            p.requires_grad for p in matcher.text_encoder.parameters()
-        ):
+        if text_encoder_lr is not None and matcher.text_encoder.frozen:
             raise LacoatError(
                 f"model.text_encoder_lr is {text_encoder_lr}, but the text encoder is frozen, so nothing "
                 "trains at that rate; set its init_args frozen: false, or drop text_encoder_lr"

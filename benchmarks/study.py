@@ -68,6 +68,8 @@ RUNS: dict[str, list[str]] = {
         f"{head}_long_order_count_negatives_text_finetune": LONG + args + ORDER_COUNT + TEXT_FINETUNE
         for head, args in HEADS.items()
     },
+    # the same without the negatives: does a trained text model learn order from random batches?
+    **{f"{head}_long_text_finetune": LONG + args + TEXT_FINETUNE for head, args in HEADS.items()},
 }
 
 ALPHAS = [0.0, 0.25, 0.5, 1.0, 2.0]

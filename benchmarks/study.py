@@ -39,6 +39,7 @@ LONG = ["--config", "configs/demo_variants/long.yaml"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
 AUDIO_LEAD = ["--model.matcher.init_args.cascade.init_args.lead", "audio"]
 TEXT_FINETUNE = ["--config", "configs/demo_variants/text_finetune.yaml"]  # MiniLM not frozen
+TEXT_TOP2 = ["--config", "configs/demo_variants/text_finetune_top2.yaml"]  # its top 2 layers trained
 RUNS: dict[str, list[str]] = {
     # the demo recipe (configs/demo.yaml) with each head: the same batches for all
     **{head: args for head, args in HEADS.items()},
@@ -66,6 +67,11 @@ RUNS: dict[str, list[str]] = {
     "iterating_audio_lead_long_order_count_negatives": LONG + AUDIO_LEAD + ORDER_COUNT,
     **{
         f"{head}_long_order_count_negatives_text_finetune": LONG + args + ORDER_COUNT + TEXT_FINETUNE
+        for head, args in HEADS.items()
+    },
+    # only the text model's top 2 layers trained: a cheaper step
+    **{
+        f"{head}_long_order_count_negatives_text_top2": LONG + args + ORDER_COUNT + TEXT_TOP2
         for head, args in HEADS.items()
     },
     # the same without the negatives: does a trained text model learn order from random batches?

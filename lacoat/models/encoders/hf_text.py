@@ -89,7 +89,6 @@ class HFTextEncoder(TextEncoder):
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
         self.dim = int(self.model.config.hidden_size)
-        self.trainable_layers = trainable_layers
         if trainable_layers is not None:
             self._freeze_below_top(trainable_layers)
         self._freeze_if_asked()

@@ -35,6 +35,8 @@ TEXT_ORDER_NEGATIVES = ["--model.order_negatives", "text"]
 BOTH_ORDER_NEGATIVES = ["--config", "configs/demo_variants/order_negatives.yaml"]  # both sides
 COUNT_NEGATIVES = ["--config", "configs/demo_variants/count_negatives.yaml"]
 ORDER_COUNT = BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES
+# count negatives on the audio side too: each counting caption's clip with one occurrence more or fewer
+ORDER_COUNT_BOTH = BOTH_ORDER_NEGATIVES + ["--config", "configs/demo_variants/count_negatives_both.yaml"]
 LONG = ["--config", "configs/demo_variants/long.yaml"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
 AUDIO_LEAD = ["--model.matcher.init_args.cascade.init_args.lead", "audio"]
@@ -72,6 +74,10 @@ RUNS: dict[str, list[str]] = {
     # only the text model's top 2 layers trained: a cheaper step
     **{
         f"{head}_long_order_count_negatives_text_top2": LONG + args + ORDER_COUNT + TEXT_TOP2
+        for head, args in HEADS.items()
+    },
+    **{
+        f"{head}_long_order_count_both_negatives_text_top2": LONG + args + ORDER_COUNT_BOTH + TEXT_TOP2
         for head, args in HEADS.items()
     },
     # the same without the negatives: does a trained text model learn order from random batches?

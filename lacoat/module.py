@@ -23,7 +23,7 @@ from lacoat.errors import LacoatError
 from lacoat.evaluation import EvalScores, Evaluator, rankings
 from lacoat.losses import NTXentLoss
 from lacoat.models.matcher import AudioTextMatcher
-from lacoat.objectives import OrderNegatives, PairObjective, non_finite_loss
+from lacoat.objectives import Negatives, PairObjective, negatives_of, non_finite_loss
 from lacoat.optim import WarmupCosine, make_scheduler, param_groups
 
 
@@ -41,8 +41,12 @@ class LacoatModule(L.LightningModule):
             "after", …) its own clip with the events swapped as one more negative; ``text`` gives every
             clip its caption with the order reversed in words ("A before B" → "A after B") as one
             more negative; ``both``; ``none`` (``lacoat.order_negatives``).
-        count_negatives: every clip meets its caption with one stated count changed by one ("two
-            knocks" → "three knocks", "twice" → "once") as one more negative (``lacoat.text_negatives``).
+        count_negatives: ``audio`` gives every caption that states a count its own clip with one
+            occurrence of its briefest sound repeated or left out as one more negative
+            (``lacoat.audio_edits.recount``); ``text`` gives every clip its caption with one stated
+            count changed by one ("two knocks" → "three knocks", "twice" → "once") as one more
+            negative (``lacoat.text_negatives``); ``both``; ``none``. ``true`` / ``false`` are
+            ``text`` / ``none``.
         gather_negatives: under DDP, score this rank's captions and clips against the batches of
             all ranks (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
         lr: learning rate of everything but the encoders.
@@ -68,8 +72,8 @@ class LacoatModule(L.LightningModule):
         loss: NTXentLoss,
         train_pairs: Literal["full", "hard_negatives"] = "full",
         hard_negatives: int = 7,
-        order_negatives: OrderNegatives = "none",
-        count_negatives: bool = False,
+        order_negatives: Negatives = "none",
+        count_negatives: Negatives | bool = "none",
         gather_negatives: bool = False,
         lr: float = 3e-4,
         encoder_lr: float = 1e-5,
@@ -89,7 +93,7 @@ class LacoatModule(L.LightningModule):
         self.save_hyperparameters(ignore=["matcher", "loss", "optimizer", "lr_scheduler"])
         if "_instantiator" in self.hparams:
             self.save_hyperparameters()
-        if (order_negatives != "none" or count_negatives) and gather_negatives:
+        if (order_negatives != "none" or negatives_of(count_negatives) != "none") and gather_negatives:
             raise LacoatError(
                 "model.order_negatives and model.count_negatives do not combine with gather_negatives "
                 "yet; turn one off"

@@ -8,11 +8,13 @@
 * global batch (``gather_negatives`` under DDP): this rank's captions and clips against the token
   features of every rank, gathered with their gradients (open_clip's ``gather_with_grad``).
 
-With ``order_negatives`` (``lacoat.order_negatives``) every caption that states an order of events
-also meets its own clip with the events swapped (``audio``: one more caption → audio negative), and
-every clip meets its caption with the order reversed in words (``text``: one more audio → caption
-negative), or both. With ``count_negatives`` every clip also meets its caption with one stated count
-changed (``lacoat.text_negatives``: one more audio → caption negative).
+Compositional negatives, each ``none``, ``audio``, ``text`` or ``both``: with ``order_negatives``
+(``lacoat.order_negatives``) every caption that states an order of events also meets its own clip
+with the events swapped (``audio``: one more caption → audio negative), and every clip meets its
+caption with the order reversed in words (``text``: one more audio → caption negative). With
+``count_negatives`` every caption that states a count meets its own clip with one occurrence of its
+briefest sound repeated or left out (``audio``, ``lacoat.audio_edits.recount``), and every clip its
+caption with one stated count changed by one (``text``, ``lacoat.text_negatives``).
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from lacoat.audio_edits import ORDER_EDIT, Edit, count_edit
 from lacoat.distributed import Gather
 from lacoat.errors import NumericalError
 from lacoat.losses import ExtraNegatives, NTXentLoss, hardest_negatives
 from lacoat.models.matcher import AudioTextMatcher, Tokens
 from lacoat.order_negatives import states_order
-from lacoat.text_negatives import REWRITES, rewritten
+from lacoat.text_negatives import REWRITES, pick, rewritten, states_count
 
-OrderNegatives = Literal["none", "audio", "text", "both"]
+Negatives = Literal["none", "audio", "text", "both"]
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +48,10 @@ class PairObjective:
         order_negatives: ``audio``: each order-stating caption's own clip with its events swapped is
             one more negative of the caption; ``text``: each clip's caption with the order reversed is
             one more negative of the clip; ``both``; ``none``.
-        count_negatives: each clip's caption with one stated count changed by one is one more
-            negative of the clip.
+        count_negatives: ``audio``: each count-stating caption's own clip with one occurrence more
+            or fewer is one more negative of the caption; ``text``: each clip's caption with one
+            stated count changed by one is one more negative of the clip; ``both``; ``none``
+            (``True`` / ``False``: ``text`` / ``none``, as before both sides existed).
     """
 
     def __init__(
@@ -54,17 +59,16 @@ class PairObjective:
         loss: NTXentLoss,
         pairs: Literal["full", "hard_negatives"] = "full",
         hard_negatives: int = 7,
-        order_negatives: OrderNegatives = "none",
-        count_negatives: bool = False,
+        order_negatives: Negatives = "none",
+        count_negatives: Negatives | bool = "none",
     ) -> None:
         self.loss, self.pairs, self.hard_negatives = loss, pairs, hard_negatives
-        self.order_negatives = order_negatives
+        sides = {"order": order_negatives, "count": negatives_of(count_negatives)}
+        # clip edits each caption meets as negatives, one column each of the caption → audio side
+        self.audio_edits = [kind for kind, on in sides.items() if on in ("audio", "both")]
         # caption rewrites each clip meets as negatives, one column each of the audio → caption side
-        self.text_rewrites = [
-            kind
-            for kind, on in (("order", order_negatives in ("text", "both")), ("count", count_negatives))
-            if on
-        ]
+        self.text_rewrites = [kind for kind, on in sides.items() if on in ("text", "both")]
+        self._warned = False  # about audio edits cached tokens cannot take
 
     def __call__(
         self,
@@ -74,8 +78,9 @@ class PairObjective:
         rank: int = 0,
     ) -> dict[str, Tensor]:
         """``loss``, ``loss_main``, ``loss_aux``, ``temperature`` and, with order or count negatives,
-        ``order_win`` (how often a caption's own clip outscores its swapped version), ``order_win_text``
-        and ``count_win_text`` (how often a clip's caption outscores its reversed / recounted version).
+        ``order_win`` and ``count_win`` (how often a caption's own clip outscores its swapped /
+        recounted version), ``order_win_text`` and ``count_win_text`` (how often a clip's caption
+        outscores its reversed / recounted version).
 
         Args:
             matcher: the model.
@@ -100,45 +105,75 @@ class PairObjective:
     def _extra_negative_scores(
         self, matcher: AudioTextMatcher, batch: dict[str, Any], text: Tokens, audio: Tokens
     ) -> tuple[ExtraNegatives, ExtraNegatives]:
-        """Order and count negatives scored by co-attention and by the bi-encoder: ``t2a`` ``[B]`` each
-        caption with its own clip's events swapped; ``a2t`` ``[B, K]`` each clip with its caption
-        through each of the ``K`` ``text_rewrites``; ``-inf`` where a row has none; None for a side
-        that is off."""
+        """Order and count negatives scored by co-attention and by the bi-encoder: ``t2a`` ``[B, J]``
+        each caption with its own clip through each of the ``J`` ``audio_edits``; ``a2t`` ``[B, K]``
+        each clip with its caption through each of the ``K`` ``text_rewrites``; ``-inf`` where a row
+        has none; None for a side that is off."""
         co, bi = ExtraNegatives(), ExtraNegatives()
         device, b = text.tokens.device, len(text)
-        if self.order_negatives in ("audio", "both"):
-            rows = states_order(batch["captions"]).nonzero().flatten()  # only these are swapped and scored
-            if len(rows):
+        captions = batch["captions"]
+        if self.audio_edits:  # column j: each caption's own clip through edit j
+            rows, columns, edits = [], [], []
+            for j, kind in enumerate(self.audio_edits):
+                for i in AUDIO_EDITS[kind][0](captions).nonzero().flatten().tolist():
+                    rows.append(i)
+                    columns.append(j)
+                    edits.append(AUDIO_EDITS[kind][1](captions[i]))
+            shape = (b, len(self.audio_edits))
+            co_t2a = bi_t2a = torch.full(shape, float("-inf"), device=device)
+            if rows:  # one encoder pass and one cascade pass for every edit
                 sides = ("audio", "audio_valid", "audio_tokens", "audio_mask")
-                swapped, done = matcher.swapped_audio_of({k: batch[k][rows] for k in sides if k in batch})
-                done = done.cpu()  # a clip without a pause has no order negative
-                rows = rows[done].to(device)
-                co_t2a, bi_t2a = _extra_scores(matcher, text[rows], swapped[done.to(device)], (rows,), (b,))
-                co, bi = co._replace(t2a=co_t2a), bi._replace(t2a=bi_t2a)
+                index = torch.tensor(rows)
+                edited, done = matcher.edited_audio_of(
+                    {k: batch[k][index] for k in sides if k in batch}, edits
+                )
+                done = done.cpu()  # a clip the edit cannot be made on has no negative
+                self._warn_if_unedited(batch, [self.audio_edits[j] for j in columns], edits)
+                if done.any():
+                    at = (index[done].to(device), torch.tensor(columns)[done].to(device))
+                    co_t2a, bi_t2a = _extra_scores(matcher, text[at[0]], edited[done.to(device)], at, shape)
+            co, bi = co._replace(t2a=co_t2a), bi._replace(t2a=bi_t2a)
         if self.text_rewrites:  # column k: each clip's caption through rewrite k
-            captions, rows, columns = [], [], []
+            turned_captions, rows, columns = [], [], []
             for k, kind in enumerate(self.text_rewrites):
-                turned, done = rewritten(batch["captions"], REWRITES[kind])
+                turned, done = rewritten(captions, REWRITES[kind])
                 for i in done.nonzero().flatten().tolist():  # only these are encoded and scored
-                    captions.append(turned[i])
+                    turned_captions.append(turned[i])
                     rows.append(i)
                     columns.append(k)
             at = (torch.tensor(rows, device=device), torch.tensor(columns, device=device))
             shape = (b, len(self.text_rewrites))
-            if captions:  # one encoder pass and one cascade pass for every rewrite
+            if turned_captions:  # one encoder pass and one cascade pass for every rewrite
                 co_a2t, bi_a2t = _extra_scores(
-                    matcher, matcher.encode_text(captions), audio[at[0]], at, shape
+                    matcher, matcher.encode_text(turned_captions), audio[at[0]], at, shape
                 )
             else:
                 co_a2t = bi_a2t = torch.full(shape, float("-inf"), device=device)
             co, bi = co._replace(a2t=co_a2t), bi._replace(a2t=bi_a2t)
         return co, bi
 
+    def _warn_if_unedited(self, batch: dict[str, Any], kinds: list[str], edits: list[Edit]) -> None:
+        """Say once when cached encoder outputs leave an audio-side negative unmade."""
+        if "audio_tokens" not in batch or self._warned:
+            return
+        missing = sorted({kind for kind, edit in zip(kinds, edits, strict=True) if edit.tokens is None})
+        if missing:
+            self._warned = True
+            log.warning(
+                "model.%s_negatives on the audio side needs waveforms, but the clips come as cached "
+                "encoder outputs (data.feature_cache): no audio %s negatives are made; use 'text', or "
+                "train without the feature cache",
+                missing[0],
+                missing[0],
+            )
+
     def _wins(self, own: Tensor, extra: ExtraNegatives) -> dict[str, Tensor]:
-        """``order_win``: share of order-stating captions whose own clip outscores its swapped version;
+        """``{kind}_win``: share of captions whose own clip outscores its ``kind`` edit;
         ``{kind}_win_text``: share of clips whose caption outscores its ``kind`` rewrite (rows that
         have one)."""
-        columns = [("order_win", extra.t2a)] if extra.t2a is not None else []
+        columns = []
+        if extra.t2a is not None:
+            columns += [(f"{kind}_win", extra.t2a[:, j]) for j, kind in enumerate(self.audio_edits)]
         if extra.a2t is not None:
             columns += [(f"{kind}_win_text", extra.a2t[:, k]) for k, kind in enumerate(self.text_rewrites)]
         out = {}
@@ -194,12 +229,29 @@ class PairObjective:
         scores = matcher.score_index_pairs(text, audio, text_index, audio_index)  # [B (1 + 2M)]
         pos, t2a, a2t = scores[:b], scores[b : b + b * m].view(b, m), scores[b + b * m :].view(b, m)
         if co_extra.t2a is not None:
-            t2a = torch.cat([t2a, co_extra.t2a[:, None].to(t2a.dtype)], dim=1)  # [B, M + 1]
+            t2a = torch.cat([t2a, co_extra.t2a.to(t2a.dtype)], dim=1)  # [B, M + J]
         if co_extra.a2t is not None:
             a2t = torch.cat([a2t, co_extra.a2t.to(a2t.dtype)], dim=1)  # [B, M + K]
         loss_main = (self.loss.candidate_loss(pos, t2a) + self.loss.candidate_loss(pos, a2t)) / 2
         loss_aux = self.loss.contrastive(bi, clip, clip, bi_extra)
         return _result(self.loss, loss_main, loss_aux, self.loss.aux_weight) | self._wins(pos, co_extra)
+
+
+def negatives_of(value: Negatives | bool) -> Negatives:
+    """A config's ``count_negatives``: ``True`` / ``False`` (before the audio side existed) are
+    ``text`` / ``none``."""
+    if isinstance(value, bool):
+        return "text" if value else "none"
+    return value
+
+
+def _count_edit(caption: str) -> Edit:
+    # one occurrence more or fewer, the same for the same caption (a run and its resume agree)
+    return count_edit(more=pick(caption, [True, False]))
+
+
+# kind -> (which captions state it, the edit of a caption's clip)
+AUDIO_EDITS = {"order": (states_order, lambda caption: ORDER_EDIT), "count": (states_count, _count_edit)}
 
 
 def _result(loss: NTXentLoss, main: Tensor, aux: Tensor, aux_weight: float) -> dict[str, Tensor]:

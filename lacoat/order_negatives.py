@@ -6,10 +6,11 @@ negative (after T-CLAP, Yuan et al. 2024, CompA, Ghosh et al., ICLR 2024, and On
 Random batches, and even batches of mined neighbours, almost never hold a clip whose events are those
 of another in reverse order, so the contrastive loss never rewards a model for hearing order. The
 swapped clip has exactly the caption's events, in the wrong order: only a model that binds events to
-time can score it below the original. The swap is done on the waveform at the clip's longest pause, so the negative keeps the original's
-silences and differs only in the order of what sounds (an earlier version swapped the halves: the
-model learnt to hear the cut — 100 % of swapped clips told apart in training — and nothing of order);
-for cached encoder outputs, on the tokens (halves), the best that tokens allow.
+time can score it below the original. The swap is done on the waveform at the clip's longest pause
+(``lacoat.audio_edits.swap_at_pause``), so the negative keeps the original's silences and differs
+only in the order of what sounds (an earlier version swapped the halves: the model learnt to hear the
+cut — 100 % of swapped clips told apart in training — and nothing of order); for cached encoder
+outputs, on the tokens (halves), the best that tokens allow (``lacoat.audio_edits.swap_token_halves``).
 
 The text side has no such artefact: "A, then B" reversed is "B, then A", "A before B" is "A after
 B", sentences a data set writes for other clips too, so a model can tell the reversed caption from the
@@ -103,78 +104,3 @@ def reverse_order(caption: str) -> str | None:
     events = [e[0].lower() + e[1:] for e in events[::-1]]
     out = lead + events[0] + "".join(c.group(0) + e for c, e in zip(cuts, events[1:], strict=True))
     return (out if caption[:1].islower() else out[0].upper() + out[1:]) + stop
-
-
-def swap_at_pause(wave: Tensor, frame: int, quiet: float = 0.05) -> Tensor | None:
-    """``wave`` with the sound before and after its longest pause swapped, the pause kept between them.
-
-    Frames of ``frame`` samples quieter than ``quiet`` × the loudest frame's RMS are silent. Within the
-    sounding span (first to last loud frame) the longest silent run is the pause: ``lead + A + pause +
-    B + tail`` becomes ``lead + B + pause + A + tail``, so the swapped clip keeps the original's
-    leading and trailing silence and its gap between events, and differs from it in the order of what
-    sounds. A clip without an inner pause (one continuous sound) gives None: swapping it would only add
-    a cut a model could learn to hear instead of the order.
-
-    Shape:
-        wave: ``[T]``; returns ``[T]`` or None.
-    """
-    n = wave.shape[0] // frame
-    if n < 3:
-        return None
-    rms = wave[: n * frame].view(n, frame).square().mean(1).sqrt()  # [n]
-    loud = rms >= quiet * rms.max().clamp_min(1e-12)
-    idx = loud.nonzero().flatten()
-    if len(idx) < 2:
-        return None
-    first, last = int(idx[0]), int(idx[-1])
-    best, start = (0, 0, 0), None
-    for f in range(first, last + 1):
-        if not loud[f] and start is None:
-            start = f
-        elif loud[f] and start is not None:
-            best = max(best, (f - start, start, f))
-            start = None
-    length, g0, g1 = best
-    if length == 0:
-        return None
-    a0, g0, g1, a1 = first * frame, g0 * frame, g1 * frame, (last + 1) * frame
-    return torch.cat([wave[:a0], wave[g1:a1], wave[g0:g1], wave[a0:g0], wave[a1:]])
-
-
-def swap_audio_events(audio: Tensor, audio_valid: Tensor, frame: int) -> tuple[Tensor, Tensor]:
-    """Each clip's real samples through ``swap_at_pause``, in the same window layout.
-
-    Returns the swapped windows and which clips had a pause to swap at (the others are left as they
-    are and must not serve as negatives).
-
-    Shape:
-        audio: ``[B, W, S]`` windows (zero-padded), audio_valid: ``[B, W]`` real samples per window;
-        returns ``[B, W, S]`` and ``[B]`` bool.
-    """
-    b, w, s = audio.shape
-    flat = audio.reshape(b, w * s)
-    out, swapped = flat.clone(), torch.zeros(b, dtype=torch.bool)
-    for i in range(b):
-        valid = audio_valid[i].tolist()
-        real = torch.cat([flat[i, j * s : j * s + int(v)] for j, v in enumerate(valid)])
-        turned = swap_at_pause(real, frame)
-        if turned is None:
-            continue
-        swapped[i], start = True, 0
-        for j, v in enumerate(valid):
-            out[i, j * s : j * s + int(v)] = turned[start : start + int(v)]
-            start += int(v)
-    return out.view(b, w, s), swapped
-
-
-def swap_token_halves(tokens: Tensor, mask: Tensor) -> Tensor:
-    """Each sequence with its two halves (of its valid tokens) swapped; padding stays where it was.
-
-    Shape:
-        tokens: ``[B, L, D]``, mask: ``[B, L]`` bool (valid tokens first); returns ``[B, L, D]``.
-    """
-    out = tokens.clone()
-    for i, n in enumerate(mask.sum(1).tolist()):
-        cut = n // 2
-        out[i, :n] = torch.cat([tokens[i, cut:n], tokens[i, :cut]])
-    return out

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import Tensor
 
 from lacoat.order_negatives import reverse_order
+
+T = TypeVar("T")
 
 NUMBER_WORDS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 _NUMBER = {w: i + 1 for i, w in enumerate(NUMBER_WORDS)}
@@ -43,7 +46,7 @@ _TOKEN = re.compile(r"[A-Za-z][A-Za-z'-]*|[^\sA-Za-z]")
 _MAX_NOUN_WORDS = 3  # a count's noun phrase: up to 3 words ("two dull knocks", "a single high bell strike")
 
 
-def _pick(caption: str, options: list[str]) -> str:
+def pick(caption: str, options: Sequence[T]) -> T:
     """One of ``options``, the same for the same caption (a checksum, not Python's salted hash)."""
     return options[zlib.crc32(caption.encode()) % len(options)]
 
@@ -164,11 +167,16 @@ def change_count(caption: str) -> str | None:
     count; nor is "one" without a noun phrase after it ("one of the dogs").
     """
     changes = _repetition_changes(caption) + _thing_changes(caption)
-    return _pick(caption, changes) if changes else None
+    return pick(caption, changes) if changes else None
 
 
 Rewrite = Callable[[str], "str | None"]
 REWRITES: dict[str, Rewrite] = {"order": reverse_order, "count": change_count}
+
+
+def states_count(captions: list[str]) -> Tensor:
+    """``[B]`` bool: whether each caption states a count ``change_count`` can change."""
+    return rewritten(captions, change_count)[1]
 
 
 def rewritten(captions: list[str], rewrite: Rewrite) -> tuple[list[str], Tensor]:

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from lacoat.audio_edits import Edit, edit_windows
 from lacoat.errors import ModelError
 from lacoat.models.cascade import Cascade, Side
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 from lacoat.models.pooling import AttentionPool, MaskedMeanPool
 from lacoat.models.positions import TokenPositions
-from lacoat.order_negatives import swap_audio_events, swap_token_halves
 
 
 @dataclass
@@ -160,16 +160,20 @@ class AudioTextMatcher(nn.Module):
             return self.project_audio(batch["audio_tokens"], batch["audio_mask"])
         return self.encode_audio(batch["audio"], batch["audio_valid"])
 
-    def swapped_audio_of(self, batch: dict) -> tuple[Tokens, Tensor]:
-        """``Tokens`` of a batch's clips with the sound before and after their longest pause swapped
-        (``lacoat.order_negatives``), and ``[B]`` bool: which clips were swapped. Cached encoder outputs
-        (no waveform) have their token halves swapped instead."""
+    def edited_audio_of(self, batch: dict, edits: list[Edit]) -> tuple[Tokens, Tensor]:
+        """``Tokens`` of a batch's clips, each through its edit (``lacoat.audio_edits``), and ``[B]``
+        bool: which clips were edited. Cached encoder outputs (no waveform) go through the edits'
+        token edits, where they have one."""
         if "audio_tokens" in batch:
-            swapped = swap_token_halves(batch["audio_tokens"], batch["audio_mask"])
-            done = torch.ones(len(swapped), dtype=torch.bool, device=swapped.device)
-            return self.project_audio(swapped, batch["audio_mask"]), done
+            tokens, mask = batch["audio_tokens"], batch["audio_mask"]
+            done = torch.tensor([e.tokens is not None for e in edits], device=tokens.device)
+            edited = [
+                e.tokens(t[None], m[None])[0] if e.tokens else t
+                for e, t, m in zip(edits, tokens, mask, strict=True)
+            ]
+            return self.project_audio(torch.stack(edited) if edited else tokens, mask), done
         frame = max(1, self.audio_encoder.sample_rate // 100)  # 10-ms frames
-        audio, done = swap_audio_events(batch["audio"], batch["audio_valid"], frame)
+        audio, done = edit_windows(batch["audio"], batch["audio_valid"], [e.wave for e in edits], frame)
         return self.encode_audio(audio, batch["audio_valid"]), done.to(audio.device)
 
     def embed_text(self, text: Tokens) -> Tensor:

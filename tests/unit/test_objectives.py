@@ -172,8 +172,8 @@ def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds):
 
 
 def test_audio_order_negatives_meet_each_ordered_caption_with_its_clip_swapped():
+    from lacoat.audio_edits import swap_token_halves
     from lacoat.losses import ExtraNegatives
-    from lacoat.order_negatives import swap_token_halves
 
     matcher, loss = make_matcher(), NTXentLoss(temperature=0.1, aux_weight=0.5)
     batch = make_batch([0, 1, 2, 3])
@@ -190,3 +190,86 @@ def test_audio_order_negatives_meet_each_ordered_caption_with_its_clip_swapped()
     clip = batch["clip_index"]
     sim = matcher.score_matrix(text, audio)
     torch.testing.assert_close(out["loss_main"], loss.contrastive(sim, clip, clip, ExtraNegatives(t2a=co)))
+
+
+class FrameEncoder(torch.nn.Module):
+    """A waveform encoder stub at 1 kHz: one token per 10-sample frame, a fixed projection of it."""
+
+    sample_rate = 1000
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.proj = torch.randn(10, dim, generator=torch.Generator().manual_seed(3))
+
+    def forward(self, audio: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = audio.shape[0]
+        frames = audio.reshape(b, -1, 10)  # [B, W·S / 10, 10]
+        mask = torch.arange(frames.shape[1])[None, :] * 10 < valid.sum(1)[:, None]
+        return frames @ self.proj.to(frames.dtype), mask
+
+
+@pytest.mark.parametrize("pairs", ["full", "hard_negatives"])
+def test_audio_count_negatives_meet_each_counting_caption_with_its_clip_recounted(pairs):
+    from lacoat.audio_edits import recount, swap_at_pause
+    from lacoat.losses import ExtraNegatives
+    from lacoat.text_negatives import pick
+    from tests.unit.test_audio_edits import clip
+
+    torch.manual_seed(0)
+    head = IteratingCascade(D, H, layers=2, dropout=0.0)
+    matcher = AudioTextMatcher(
+        FrameEncoder(D), WordEncoder(D), head, d_model=D, embed_dim=8, pair_chunk=4
+    ).eval()
+    loss = NTXentLoss(temperature=0.1, aux_weight=0.5)
+    waves = [
+        clip((0, 2), (1, 1), (0, 2), (1, 1), (0, 2), (3, 4), (0, 8)),
+        clip((0, 2), (3, 4), (0, 3), (2, 1), (0, 2), (2, 1), (0, 7)),
+        clip((0, 2), (3, 4), (0, 14)),  # one sound: no edit
+        clip((0, 2), (3, 3), (0, 3), (1, 2), (0, 10)),
+    ]
+    captions = ["two clicks, then a hum", "a hum, then 2 knocks", "three drips", "a bell rings"]
+    batch = {
+        "audio": torch.stack(waves)[:, None, :],
+        "audio_valid": torch.full((4, 1), 200),
+        "clip_index": torch.arange(4),
+        "captions": captions,
+    }
+    out = PairObjective(loss, pairs, 2, order_negatives="audio", count_negatives="audio")(matcher, batch)
+
+    text, audio = matcher.text_of(batch), matcher.audio_of(batch)
+    own = matcher.pair_scores(text, audio)
+    co = torch.full((4, 2), float("-inf"), dtype=torch.float32)
+    edits = {  # column 0: order (captions 0, 1), column 1: count (captions 0, 1, 2; clip 2 has no edit)
+        (0, 0): swap_at_pause(waves[0], 10),
+        (1, 0): swap_at_pause(waves[1], 10),
+        (0, 1): recount(waves[0], 10, more=pick(captions[0], [True, False])),
+        (1, 1): recount(waves[1], 10, more=pick(captions[1], [True, False])),
+    }
+    assert recount(waves[2], 10, more=True) is None and recount(waves[2], 10, more=False) is None
+    for (i, k), wave in edits.items():
+        edited = matcher.encode_audio(wave[None, None, :], torch.tensor([[200]]))
+        co[i, k] = matcher.pair_scores(text[[i]], edited)[0].float()
+    for k, kind in enumerate(["order", "count"]):
+        torch.testing.assert_close(out[f"{kind}_win"], (own[:2] > co[:2, k].to(own.dtype)).float().mean())
+    if pairs == "full":
+        sim, clips = matcher.score_matrix(text, audio), batch["clip_index"]
+        expected = loss.contrastive(sim, clips, clips, ExtraNegatives(t2a=co.to(sim.dtype)))
+        torch.testing.assert_close(out["loss_main"], expected)
+
+
+def test_audio_count_negatives_need_waveforms(caplog):
+    matcher, loss = make_matcher(), NTXentLoss(temperature=0.1, aux_weight=0.5)
+    batch = make_batch([0, 1, 2])
+    batch["captions"] = ["two clicks", "a hum", "a single knock"]
+    plain = PairObjective(loss, "full")(matcher, batch)
+    with caplog.at_level("WARNING"):
+        out = PairObjective(loss, "full", count_negatives="audio")(matcher, batch)
+    torch.testing.assert_close(out["loss"], plain["loss"])  # no negative made from tokens
+    assert "needs waveforms" in caplog.text and "data.feature_cache" in caplog.text
+
+
+def test_count_negatives_true_means_the_text_side():
+    objective = PairObjective(NTXentLoss(), count_negatives=True)
+    assert objective.text_rewrites == ["count"] and objective.audio_edits == []
+    assert PairObjective(NTXentLoss(), count_negatives="both").audio_edits == ["count"]

@@ -1,4 +1,4 @@
-"""Order negatives: which captions get one, the swap of a clip's halves, and the loss's extra column."""
+"""Order negatives: which captions get one, their reversal in words, and the loss's extra column."""
 
 import math
 
@@ -6,13 +6,7 @@ import pytest
 import torch
 
 from lacoat.losses import ExtraNegatives, NTXentLoss
-from lacoat.order_negatives import (
-    reverse_order,
-    states_order,
-    swap_at_pause,
-    swap_audio_events,
-    swap_token_halves,
-)
+from lacoat.order_negatives import reverse_order, states_order
 
 
 def test_captions_that_state_an_order():
@@ -26,39 +20,6 @@ def test_captions_that_state_an_order():
         "Athens thenceforth",  # no whole word
     ]
     assert states_order(captions).tolist() == [True, True, True, True, False, False, False]
-
-
-def clip(*parts):
-    """Concatenated segments of (value, frames) with 10-sample frames: 0 = silence."""
-    return torch.cat([torch.full((10 * n,), float(v)) for v, n in parts])
-
-
-def test_swap_at_the_longest_pause_keeps_silences_and_the_gap():
-    wave = clip(
-        (0, 2), (1, 3), (0, 1), (1, 1), (0, 4), (2, 2), (0, 3)
-    )  # lead, A (with a short dip), pause, B, tail
-    out = swap_at_pause(wave, frame=10)
-    assert torch.equal(out, clip((0, 2), (2, 2), (0, 4), (1, 3), (0, 1), (1, 1), (0, 3)))
-    assert swap_at_pause(clip((0, 2), (1, 6), (0, 2)), frame=10) is None  # one continuous sound
-    assert swap_at_pause(clip((0, 5)), frame=10) is None  # silence
-
-
-def test_swap_audio_events_keeps_the_window_layout():
-    wave = clip((0, 1), (1, 2), (0, 2), (3, 1))  # 60 samples over windows of 40
-    audio = torch.zeros(2, 2, 40)
-    audio[0, 0], audio[0, 1, :20] = wave[:40], wave[40:]
-    audio[1, 0, :30] = 1.0  # no pause: left alone
-    valid = torch.tensor([[40, 20], [30, 0]])
-    out, swapped = swap_audio_events(audio, valid, frame=10)
-    assert swapped.tolist() == [True, False]
-    assert torch.equal(torch.cat([out[0, 0], out[0, 1, :20]]), clip((0, 1), (3, 1), (0, 2), (1, 2)))
-    assert (out[0, 1, 20:] == 0).all() and torch.equal(out[1], audio[1])
-
-
-def test_swap_token_halves_leaves_padding():
-    tokens = torch.arange(10.0).view(2, 5, 1)
-    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
-    assert swap_token_halves(tokens, mask)[..., 0].tolist() == [[2, 3, 0, 1, 4], [6, 7, 5, 8, 9]]
 
 
 def test_extra_column_is_one_more_negative_per_caption():

@@ -80,6 +80,11 @@ RUNS: dict[str, list[str]] = {
         f"{head}_long_order_count_both_negatives_text_top2": LONG + args + ORDER_COUNT_BOTH + TEXT_TOP2
         for head, args in HEADS.items()
     },
+    # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
+    "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
+    + ORDER_COUNT_BOTH
+    + TEXT_TOP2
+    + ["--config", "configs/demo_variants/audio_tokens_160ms.yaml"],
     # the same without the negatives: does a trained text model learn order from random batches?
     **{f"{head}_long_text_finetune": LONG + args + TEXT_FINETUNE for head, args in HEADS.items()},
     **{f"{head}_long_text_top2": LONG + args + TEXT_TOP2 for head, args in HEADS.items()},

@@ -23,12 +23,12 @@ __all__ = ["ExtraNegatives", "NTXentLoss", "hardest_negatives", "same_clip_mask"
 
 
 class ExtraNegatives(NamedTuple):
-    """One more negative score per row of a batch, ``-inf`` where a row has none (``lacoat.order_negatives``).
+    """More negative scores per row of a batch, ``-inf`` where a row has none (``lacoat.objectives``).
 
-    ``t2a`` ``[B]`` or ``[B, K]``: each caption against its own clip with the events swapped (extra
-    columns of the caption → audio softmax); ``a2t`` ``[B]`` or ``[B, K]``: each clip against its
-    caption with the order reversed or a count changed in words (extra columns of the audio →
-    caption softmax).
+    ``t2a`` ``[B]`` or ``[B, K]``: each caption against its own clip edited, the events swapped or a
+    count changed (``lacoat.audio_edits``; extra columns of the caption → audio softmax); ``a2t``
+    ``[B]`` or ``[B, K]``: each clip against its caption with the order reversed or a count changed
+    in words (``lacoat.text_negatives``; extra columns of the audio → caption softmax).
     """
 
     t2a: Tensor | None = None

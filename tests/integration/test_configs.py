@@ -104,14 +104,22 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "long.yaml": IteratingCascade,
         "order_negatives.yaml": IteratingCascade,
         "count_negatives.yaml": IteratingCascade,
+        "count_negatives_both.yaml": IteratingCascade,
+        "audio_tokens_160ms.yaml": IteratingCascade,
         "text_finetune.yaml": IteratingCascade,
         "text_finetune_top2.yaml": IteratingCascade,
     }
     assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))
+    assert model.matcher.audio_encoder.pool_frames == (8 if variant == "audio_tokens_160ms.yaml" else 16)
     assert model.objective.order_negatives == ("both" if variant == "order_negatives.yaml" else "none")
     assert model.objective.text_rewrites == {
         "order_negatives.yaml": ["order"],
         "count_negatives.yaml": ["count"],
+        "count_negatives_both.yaml": ["count"],
+    }.get(variant, [])
+    assert model.objective.audio_edits == {
+        "order_negatives.yaml": ["order"],
+        "count_negatives_both.yaml": ["count"],
     }.get(variant, [])
     fine_tuned = variant in ("text_finetune.yaml", "text_finetune_top2.yaml")
     text_params = dict(model.matcher.text_encoder.named_parameters())

@@ -112,13 +112,14 @@ def test_fit_then_test_finds_best_checkpoint_and_writes_metrics(tmp_path, synthc
         (
             "{class_path: lacoat.models.cascade.SingleCascade, init_args: {dim: 32, heads: 2}}",
             "hard_negatives",
-            ["--model.order_negatives", "both"],
+            ["--model.order_negatives", "both", "--model.count_negatives", "both"],
         ),
         (
             "{class_path: lacoat.models.cascade.StackingCascade, init_args: {dim: 32, heads: 2, layers: 2}}",
             "full",
             # by epochs: Lightning makes the train loader early, to count the steps of the schedule
             ["--data.hard_share", "0.5", "--data.hard_neighbours", "3", "--model.order_negatives", "audio"]
+            + ["--model.count_negatives", "audio"]
             + ["--trainer.max_steps", "-1"]
             + ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3"],
         ),

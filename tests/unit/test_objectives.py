@@ -14,10 +14,16 @@ from tests.unit.test_coattention import D, H, StubEncoder, seqs
 pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons
 
 
-def make_matcher(cascade: bool = True) -> AudioTextMatcher:
+def make_matcher(
+    cascade: bool = True,
+    audio_encoder: torch.nn.Module | None = None,
+    text_encoder: torch.nn.Module | None = None,
+) -> AudioTextMatcher:
+    """A small iterating matcher (or bi-encoder) over stub encoders fed ``Tokens``, or the given ones."""
     torch.manual_seed(0)
     head = IteratingCascade(D, H, layers=2, dropout=0.0) if cascade else None
-    return AudioTextMatcher(StubEncoder(D), StubEncoder(D), head, d_model=D, embed_dim=8, pair_chunk=4).eval()
+    audio_encoder, text_encoder = audio_encoder or StubEncoder(D), text_encoder or StubEncoder(D)
+    return AudioTextMatcher(audio_encoder, text_encoder, head, d_model=D, embed_dim=8, pair_chunk=4).eval()
 
 
 def make_batch(clips: list[int], seed: int = 0) -> dict:
@@ -121,11 +127,7 @@ def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds):
     from lacoat.order_negatives import reverse_order
     from lacoat.text_negatives import change_count
 
-    torch.manual_seed(0)
-    head = IteratingCascade(D, H, layers=2, dropout=0.0)
-    matcher = AudioTextMatcher(
-        StubEncoder(D), WordEncoder(D), head, d_model=D, embed_dim=8, pair_chunk=4
-    ).eval()
+    matcher = make_matcher(text_encoder=WordEncoder(D))
     loss = NTXentLoss(temperature=0.1, aux_weight=0.5)
     batch = make_batch([0, 1, 2, 3, 4])
     del batch["text_tokens"], batch["text_mask"]
@@ -216,11 +218,7 @@ def test_audio_count_negatives_meet_each_counting_caption_with_its_clip_recounte
     from lacoat.text_negatives import pick
     from tests.unit.test_audio_edits import clip
 
-    torch.manual_seed(0)
-    head = IteratingCascade(D, H, layers=2, dropout=0.0)
-    matcher = AudioTextMatcher(
-        FrameEncoder(D), WordEncoder(D), head, d_model=D, embed_dim=8, pair_chunk=4
-    ).eval()
+    matcher = make_matcher(audio_encoder=FrameEncoder(D), text_encoder=WordEncoder(D))
     loss = NTXentLoss(temperature=0.1, aux_weight=0.5)
     waves = [
         clip((0, 2), (1, 1), (0, 2), (1, 1), (0, 2), (3, 4), (0, 8)),

@@ -92,8 +92,8 @@ def recount(wave: Tensor, frame: int, more: bool, quiet: float = 0.05) -> Tensor
     piece = wave[start:end]
     n = end - start
     if not more:
-        pause = wave[runs[i - 1][1] : runs[i][0]] if i > 0 else wave[runs[0][1] : runs[1][0]]
-        filler = pause.repeat(n // max(1, len(pause)) + 1)[:n]
+        pause = wave[start : runs[i][0]] if i > 0 else wave[runs[0][1] : end]  # >= one frame
+        filler = pause.repeat(n // len(pause) + 1)[:n]
         return torch.cat([wave[:start], wave[end:], filler])
     at = runs[i][1] if i > 0 else runs[0][0]
     grown = torch.cat([wave[:at], piece, wave[at:]])

@@ -36,7 +36,8 @@ BOTH_ORDER_NEGATIVES = ["--config", "configs/demo_variants/order_negatives.yaml"
 COUNT_NEGATIVES = ["--config", "configs/demo_variants/count_negatives.yaml"]
 ORDER_COUNT = BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES
 # count negatives on the audio side too: each counting caption's clip with one occurrence more or fewer
-ORDER_COUNT_BOTH = BOTH_ORDER_NEGATIVES + ["--config", "configs/demo_variants/count_negatives_both.yaml"]
+COUNT_BOTH = ["--config", "configs/demo_variants/count_negatives_both.yaml"]
+ORDER_COUNT_BOTH = BOTH_ORDER_NEGATIVES + COUNT_BOTH
 LONG = ["--config", "configs/demo_variants/long.yaml"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
 AUDIO_LEAD = ["--model.matcher.init_args.cascade.init_args.lead", "audio"]
@@ -55,6 +56,8 @@ RUNS: dict[str, list[str]] = {
     "iterating_text_order_negatives": TEXT_ORDER_NEGATIVES,
     "biencoder_text_order_negatives": HEADS["biencoder"] + TEXT_ORDER_NEGATIVES,
     "iterating_both_order_negatives": BOTH_ORDER_NEGATIVES,
+    # count negatives on both sides at the demo budget: does an audio judgement favour co-attention?
+    **{f"{head}_count_both_negatives": args + COUNT_BOTH for head, args in HEADS.items()},
     # the text model fine-tuned, not frozen
     **{f"{head}_text_finetune": args + TEXT_FINETUNE for head, args in HEADS.items()},
     # the longer CPU budget
@@ -80,6 +83,11 @@ RUNS: dict[str, list[str]] = {
         f"{head}_long_order_count_both_negatives_text_top2": LONG + args + ORDER_COUNT_BOTH + TEXT_TOP2
         for head, args in HEADS.items()
     },
+    # the same with the text model's top layers trained at 1e-4 instead of 3e-5: is order learnt sooner?
+    "iterating_long_order_count_both_negatives_text_top2_lr1e-4": LONG
+    + ORDER_COUNT_BOTH
+    + TEXT_TOP2
+    + ["--model.text_encoder_lr", "1e-4"],
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
     + ORDER_COUNT_BOTH

@@ -84,10 +84,14 @@ RUNS: dict[str, list[str]] = {
         for head, args in HEADS.items()
     },
     # the same with the text model's top layers trained at 1e-4 instead of 3e-5: is order learnt sooner?
-    "iterating_long_order_count_both_negatives_text_top2_lr1e-4": LONG
-    + ORDER_COUNT_BOTH
-    + TEXT_TOP2
-    + ["--model.text_encoder_lr", "1e-4"],
+    **{
+        f"{head}_long_order_count_both_negatives_text_top2_lr1e-4": LONG
+        + args
+        + ORDER_COUNT_BOTH
+        + TEXT_TOP2
+        + ["--model.text_encoder_lr", "1e-4"]
+        for head, args in HEADS.items()
+    },
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
     + ORDER_COUNT_BOTH

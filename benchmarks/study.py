@@ -43,6 +43,8 @@ FULL_PAIRS = ["--model.train_pairs", "full"]
 AUDIO_LEAD = ["--model.matcher.init_args.cascade.init_args.lead", "audio"]
 TEXT_FINETUNE = ["--config", "configs/demo_variants/text_finetune.yaml"]  # MiniLM not frozen
 TEXT_TOP2 = ["--config", "configs/demo_variants/text_finetune_top2.yaml"]  # its top 2 layers trained
+# order and count negatives on both sides with the text model's top 2 layers trained (after LONG and a head)
+COUNT_BOTH_TOP2 = ORDER_COUNT_BOTH + TEXT_TOP2
 RUNS: dict[str, list[str]] = {
     # the demo recipe (configs/demo.yaml) with each head: the same batches for all
     **{head: args for head, args in HEADS.items()},
@@ -80,22 +82,20 @@ RUNS: dict[str, list[str]] = {
         for head, args in HEADS.items()
     },
     **{
-        f"{head}_long_order_count_both_negatives_text_top2": LONG + args + ORDER_COUNT_BOTH + TEXT_TOP2
+        f"{head}_long_order_count_both_negatives_text_top2": LONG + args + COUNT_BOTH_TOP2
         for head, args in HEADS.items()
     },
     # the same with the text model's top layers trained at 1e-4 instead of 3e-5: is order learnt sooner?
     **{
         f"{head}_long_order_count_both_negatives_text_top2_lr1e-4": LONG
         + args
-        + ORDER_COUNT_BOTH
-        + TEXT_TOP2
+        + COUNT_BOTH_TOP2
         + ["--model.text_encoder_lr", "1e-4"]
         for head, args in HEADS.items()
     },
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
-    + ORDER_COUNT_BOTH
-    + TEXT_TOP2
+    + COUNT_BOTH_TOP2
     + ["--config", "configs/demo_variants/audio_tokens_160ms.yaml"],
     # the same without the negatives: does a trained text model learn order from random batches?
     **{f"{head}_long_text_finetune": LONG + args + TEXT_FINETUNE for head, args in HEADS.items()},

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "study.json"
 LACOAT = str(Path(sys.executable).parent / "lacoat")
@@ -204,6 +206,37 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def twins_by_events(names: list[str]) -> str:
+    """Markdown table: each run's twin win rates (co-attention, and ``bi`` its bi-encoder) per change,
+    for clips of one event and of two or three, mean over the seeds whose exhaustive test wrote its
+    comparisons (``test_twins_exhaustive.csv``); ``n`` is comparisons per seed."""
+    from lacoat.data.twins import read_twin_manifest
+
+    specs = read_twin_manifest(REPO / "data" / "synthcaps", "evaluation") or []
+    events = {spec["file_name"]: len(spec["events"]) for spec in specs}
+    lines = ["| run | seeds | change | events | n | win | bi win |", "|---" * 7 + "|"]
+    for name in names:
+        tables = []
+        for path in sorted(
+            (REPO / "runs" / "study" / name).glob("seed*/checkpoints/*/test_twins_exhaustive.csv")
+        ):
+            t = pd.read_csv(path, keep_default_na=False)
+            t["events"] = ["1" if events[f] == 1 else "2–3" for f in t["file_name"]]
+            t["win"] = t["own_score"] > t["twin_score"]
+            t["bi_win"] = t["own_score_bi"] > t["twin_score_bi"]
+            tables.append(t)
+        if not tables:
+            continue
+        every = pd.concat(tables)
+        for (change, n_events), group in every.groupby(["change", "events"]):
+            n = len(group) // len(tables)
+            lines.append(
+                f"| {name} | {len(tables)} | {change} | {n_events} | {n} | {group['win'].mean():.3f} "
+                f"| {group['bi_win'].mean():.3f} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="*", choices=[*RUNS, []], help="runs to do (see RUNS)")
@@ -213,6 +246,12 @@ def main() -> None:
         "--fuse", action="store_true", help="add fused test metrics to finished cascade runs that lack them"
     )
     parser.add_argument("--no-fusion", action="store_true", help="leave out the fused test of new runs")
+    parser.add_argument(
+        "--twins",
+        nargs="+",
+        metavar="RUN",
+        help="print twin win rates by change and events per clip of these runs",
+    )
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     for name in args.runs:
@@ -231,6 +270,8 @@ def main() -> None:
             RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     if args.table:
         print(table(results))
+    if args.twins:
+        print(twins_by_events(args.twins))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ class Evaluator:
         self.matcher, self.text_block = matcher, text_block
         self.first_stage_trained = first_stage_trained
         self._items: dict[str, list[tuple[Tensor, Tokens]]] = {"audio": [], "text": []}
+        self.twins: pd.DataFrame | None = None  # the latest twin comparisons scored (``twin_table``)
 
     def start(self) -> None:
         """Forget what was collected."""
@@ -166,34 +167,63 @@ class Evaluator:
                 multi=multi,
                 a2t_sim=a2t[captions][:, clips].float(),
             )
+        self.twins = None
         if eval_set.twins is not None:
-            results |= self.twin_rates(stage, eval_set.twins, scores, fusion_alpha)
+            results |= self.twin_rates(stage, eval_set, scores, fusion_alpha)
         return results
 
     def twin_rates(
-        self, stage: str, twins: pd.DataFrame, scores: EvalScores, fusion_alpha: float
+        self, stage: str, eval_set: Any, scores: EvalScores, fusion_alpha: float
     ) -> dict[str, float]:
         """Twin win rates from the model's pair scores (always computed, whatever the mode) and from
-        its bi-encoder scores, over the comparisons whose query and clips were scored."""
-        row = {int(q): i for i, q in enumerate(scores.query_index)}
-        col = {int(c): i for i, c in enumerate(scores.clip_index)}
-        kept = twins[twins["query"].isin(row) & twins["clip"].isin(col) & twins["twin"].isin(col)]
-        if kept.empty:
+        its bi-encoder scores, over the comparisons whose query and clips were scored. The
+        comparisons themselves, with their scores, are kept in ``self.twins`` (``twin_table``)."""
+        self.twins = table = twin_table(self.matcher, eval_set, scores, fusion_alpha)
+        if table is None:
             return {}
-        q = torch.tensor([row[int(v)] for v in kept["query"]])
-        own = torch.tensor([col[int(v)] for v in kept["clip"]])
-        other = torch.tensor([col[int(v)] for v in kept["twin"]])
-        text_index = torch.cat([q, q]).to(scores.bi.device)
-        audio_index = torch.cat([own, other]).to(scores.bi.device)
-        bi = scores.bi[text_index, audio_index].float()
-        pair = self.matcher.score_index_pairs(scores.text, scores.audio, text_index, audio_index).float()
+        own, twin = (torch.tensor(table[c].to_numpy()) for c in ("own_score", "twin_score"))
+        changes = table["change"].tolist()
+        out = twin_win_rates(own, twin, changes, stage)
         if self.matcher.cascade is not None:
-            pair = pair + fusion_alpha * bi
-        n, changes = len(q), kept["change"].tolist()
-        out = twin_win_rates(pair[:n], pair[n:], changes, stage)
-        if self.matcher.cascade is not None:
-            out |= twin_win_rates(bi[:n], bi[n:], changes, f"{stage}_bi")
+            own_bi, twin_bi = (torch.tensor(table[c].to_numpy()) for c in ("own_score_bi", "twin_score_bi"))
+            out |= twin_win_rates(own_bi, twin_bi, changes, f"{stage}_bi")
         return out
+
+
+def twin_table(
+    matcher: AudioTextMatcher, eval_set: Any, scores: EvalScores, fusion_alpha: float
+) -> pd.DataFrame | None:
+    """The twin comparisons of ``eval_set`` whose query and clips were scored, each with its scores:
+    ``query``, ``clip`` and ``twin`` (rows of the split's queries and clips), ``change``, the caption
+    (``text``), the clips' ``file_name`` and ``twin_file_name``, ``own_score`` and
+    ``twin_score`` (the model's pair scores, fused with the bi-encoder's by ``fusion_alpha`` for a
+    cascade) and ``own_score_bi`` / ``twin_score_bi`` (the bi-encoder's). None when none was scored."""
+    row = {int(q): i for i, q in enumerate(scores.query_index)}
+    col = {int(c): i for i, c in enumerate(scores.clip_index)}
+    twins = eval_set.twins
+    kept = twins[twins["query"].isin(row) & twins["clip"].isin(col) & twins["twin"].isin(col)]
+    if kept.empty:
+        return None
+    q = torch.tensor([row[int(v)] for v in kept["query"]])
+    own = torch.tensor([col[int(v)] for v in kept["clip"]])
+    other = torch.tensor([col[int(v)] for v in kept["twin"]])
+    text_index = torch.cat([q, q]).to(scores.bi.device)
+    audio_index = torch.cat([own, other]).to(scores.bi.device)
+    bi = scores.bi[text_index, audio_index].float()  # [2C]: own clips, then twins
+    pair = matcher.score_index_pairs(scores.text, scores.audio, text_index, audio_index).float()
+    if matcher.cascade is not None:
+        pair = pair + fusion_alpha * bi
+    n = len(q)
+    names = eval_set.clips["file_name"].to_numpy()
+    return kept.reset_index(drop=True).assign(
+        text=eval_set.queries["text"].to_numpy()[kept["query"].to_numpy()],
+        file_name=names[kept["clip"].to_numpy()],
+        twin_file_name=names[kept["twin"].to_numpy()],
+        own_score=pair[:n].cpu().numpy(),
+        twin_score=pair[n:].cpu().numpy(),
+        own_score_bi=bi[:n].cpu().numpy(),
+        twin_score_bi=bi[n:].cpu().numpy(),
+    )
 
 
 def rankings(scores: EvalScores, eval_set: Any, top_k: int) -> pd.DataFrame:

@@ -12,7 +12,8 @@ Conventions added to LightningCLI:
   run under the config's ``default_root_dir`` and say which; ``--ckpt_path none`` uses the weights as
   built (e.g. pretrained encoders, untrained head);
 * ``test`` writes every metric to ``test_metrics_<eval_mode>.json`` beside the checkpoint and prints
-  a table;
+  a table; where the data has SynthCaps twins, each twin comparison with its scores goes to
+  ``test_twins_<eval_mode>.csv`` there too;
   ``predict`` writes ``predictions.csv`` (query, rank, file_name, score) there;
 * ``fit --ckpt_path last`` resumes the latest run (same checkpoint folder, logger version and W&B run;
   ``ResumeCheckpoint`` under ``resume:`` writes ``last.ckpt`` every ``every_n_steps`` steps, on
@@ -320,7 +321,11 @@ class LacoatCLI(LightningCLI):
         }
         path.write_text(json.dumps(payload, indent=2))
         print(f"\ntest metrics:\n{format_table(results)}")
-        self._print_where({"checkpoint": str(payload["checkpoint"]), "metrics": str(path)})
+        where = {"checkpoint": str(payload["checkpoint"]), "metrics": str(path)}
+        if self.model.test_twins is not None:  # SynthCaps: each twin comparison with its scores
+            where["twin comparisons"] = str(path.with_name(f"test_twins_{mode}.csv"))
+            self.model.test_twins.to_csv(where["twin comparisons"], index=False)
+        self._print_where(where)
 
     def after_predict(self) -> None:
         if self.model.rankings is None or not self.trainer.is_global_zero:

@@ -113,6 +113,7 @@ class LacoatModule(L.LightningModule):
         self.eval_mode, self.rerank_k, self.fusion_alpha = eval_mode, rerank_k, fusion_alpha
         self.predict_top_k = predict_top_k
         self.test_results: dict[str, float] = {}
+        self.test_twins: pd.DataFrame | None = None  # the twin comparisons of the test (``twin_table``)
         self.test_scores: tuple[Tensor, Tensor, Tensor] | None = None  # (t2a [q, n], query_index, clip_index)
         self.rankings: pd.DataFrame | None = None
 
@@ -202,6 +203,7 @@ class LacoatModule(L.LightningModule):
         scores = self._scores()
         self.test_scores = (scores.t2a.cpu(), scores.query_index, scores.clip_index)  # for RetrievalExamples
         self.test_results = self._metrics("test", scores)
+        self.test_twins = self.evaluator.twins
         self.log_dict(self.test_results, add_dataloader_idx=False, sync_dist=True)
 
     def on_predict_epoch_end(self) -> None:

@@ -89,6 +89,13 @@ def test_fit_then_test_finds_best_checkpoint_and_writes_metrics(tmp_path, synthc
     retrieval = set(metric_names("test")) | set(metric_names("test_bi"))
     assert retrieval < set(report["metrics"]) <= retrieval | twins  # SynthCaps: the twin diagnostic too
     assert {"test/twin_all", "test_bi/twin_all"} <= set(report["metrics"])
+    twins = pd.read_csv(best[0].parent / "test_twins_rerank.csv", keep_default_na=False)  # each comparison
+    assert (twins["own_score"] > twins["twin_score"]).mean() == pytest.approx(
+        report["metrics"]["test/twin_all"]
+    )
+    assert (twins["own_score_bi"] > twins["twin_score_bi"]).mean() == pytest.approx(
+        report["metrics"]["test_bi/twin_all"]
+    )
     assert all(0.0 <= v <= 1.0 for v in report["metrics"].values())
     assert "test/t2a_mAP@10" in out
 

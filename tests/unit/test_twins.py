@@ -7,6 +7,7 @@ import torch
 from lacoat.data.datasets import EvalSet
 from lacoat.data.twins import read_twin_manifest
 from lacoat.errors import DataError
+from lacoat.evaluation import EvalScores, Evaluator
 from lacoat.metrics import twin_win_rates
 
 
@@ -64,6 +65,45 @@ def test_win_rates_equal_a_hand_count():
         sim[t["query"], t["clip"]], sim[t["query"], t["twin"]], t["change"].tolist(), "test"
     )
     assert rates == pytest.approx({"test/twin_order": 1 / 2, "test/twin_count": 1.0, "test/twin_all": 3 / 4})
+
+
+class PairLookup:
+    """A bi-encoder stand-in whose pair scores are a fixed matrix's entries."""
+
+    cascade = None
+
+    def __init__(self, sim):
+        self.sim = sim
+
+    def score_index_pairs(self, text, audio, text_index, audio_index):
+        return self.sim[text_index, audio_index]
+
+
+def test_evaluator_keeps_each_comparison_with_its_scores():
+    ev = toy_set()
+    sim = torch.zeros(8, 5)
+    sim[1, 0], sim[1, 1] = 0.9, 0.2  # q1 (a): own clip above the order twin
+    sim[2, 1], sim[2, 0] = 0.3, 0.4  # q2 (b): below it
+    sim[5, 2], sim[5, 3] = 0.7, 0.1  # q5 (c): above the count twin
+    sim[6, 3], sim[6, 2] = 0.5, 0.5  # q6 (d): a tie, a loss
+    scores = EvalScores(sim, sim, sim, torch.arange(8), torch.arange(5), None, None)
+    evaluator = Evaluator(PairLookup(sim))
+    rates = evaluator.twin_rates("test", ev, scores, fusion_alpha=0.0)
+    assert rates == pytest.approx(
+        {"test/twin_order": 1 / 2, "test/twin_count": 1 / 2, "test/twin_all": 2 / 4}
+    )
+    table = evaluator.twins.sort_values("query")
+    assert table["text"].tolist() == [
+        "A hum before a click.",
+        "A click, then a hum.",
+        "Two knocks.",
+        "Three knocks.",
+    ]
+    assert table["file_name"].tolist() == ["a.wav", "b.wav", "c.wav", "d.wav"]
+    assert table["twin_file_name"].tolist() == ["b.wav", "a.wav", "d.wav", "c.wav"]
+    assert table["own_score"].tolist() == pytest.approx([0.9, 0.3, 0.7, 0.5])
+    assert table["twin_score"].tolist() == pytest.approx([0.2, 0.4, 0.1, 0.5])
+    assert table["own_score_bi"].tolist() == pytest.approx(table["own_score"].tolist())
 
 
 def test_without_manifest_nothing_changes(tmp_path):

@@ -95,6 +95,14 @@ RUNS: dict[str, list[str]] = {
         + ["--model.text_encoder_lr", "1e-4"]
         for head, args in HEADS.items()
     },
+    # the same with 7 epochs (2,184 steps) instead of 6: the whole 30-minute budget, quiet (iterating)
+    **{
+        f"{head}_long_order_count_both_negatives_text_top2_lr1e-4_7epochs": LONG
+        + args
+        + COUNT_BOTH_TOP2
+        + ["--model.text_encoder_lr", "1e-4", "--trainer.max_epochs", "7"]
+        for head, args in HEADS.items()
+    },
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
     + COUNT_BOTH_TOP2

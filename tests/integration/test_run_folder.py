@@ -72,7 +72,10 @@ def test_default_root_dir_holds_the_whole_run_and_the_console_is_quiet(
     monkeypatch.chdir(cwd)
     main(["test", "--config", str(config), "--trainer.default_root_dir", str(run)])
     assert all(run in path.parents for path in files_under(tmp_path) - before) and not list(cwd.iterdir())
-    metrics = checkpoints / "test_metrics_rerank.json"
-    assert metrics.is_file()
-    expected = f"\ncheckpoint  {best}\nmetrics     {metrics}\nlogs (CSV)  {run / 'logs' / 'version_1'}\n"
+    metrics, twins = checkpoints / "test_metrics_rerank.json", checkpoints / "test_twins_rerank.csv"
+    assert metrics.is_file() and twins.is_file()  # SynthCaps: the twin comparisons beside the metrics
+    expected = (
+        f"\ncheckpoint        {best}\nmetrics           {metrics}\ntwin comparisons  {twins}\n"
+        f"logs (CSV)        {run / 'logs' / 'version_1'}\n"
+    )
     assert capsys.readouterr().out.endswith(expected)

@@ -95,7 +95,7 @@ RUNS: dict[str, list[str]] = {
         + ["--model.text_encoder_lr", "1e-4"]
         for head, args in HEADS.items()
     },
-    # the same with 7 epochs (2,184 steps) instead of 6: the whole 30-minute budget, quiet (iterating)
+    # the same with 7 epochs (2,184 steps) instead of 6: about the whole budget of a 30-minute quiet fit
     **{
         f"{head}_long_order_count_both_negatives_text_top2_lr1e-4_7epochs": LONG
         + args

@@ -103,6 +103,15 @@ RUNS: dict[str, list[str]] = {
         + ["--model.text_encoder_lr", "1e-4", "--trainer.max_epochs", "7"]
         for head, args in HEADS.items()
     },
+    # the 1e-4 recipe with every count change of a caption as a negative of its clip (up to 4: each
+    # stated count one up and one down) rather than one: are counts among several sounds learnt then?
+    **{
+        f"{head}_long_order_count_both_negatives_text_top2_lr1e-4_rewrites4": LONG
+        + args
+        + COUNT_BOTH_TOP2
+        + ["--model.text_encoder_lr", "1e-4", "--config", "configs/demo_variants/count_rewrites_all.yaml"]
+        for head, args in HEADS.items()
+    },
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
     + COUNT_BOTH_TOP2

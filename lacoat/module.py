@@ -47,6 +47,9 @@ class LacoatModule(L.LightningModule):
             count changed by one ("two knocks" → "three knocks", "twice" → "once") as one more
             negative (``lacoat.text_negatives``); ``both``; ``none``. ``true`` / ``false`` are
             ``text`` / ``none``.
+        count_rewrites: with count negatives on the text side, how many changes of a caption's
+            counts its clip meets, each one more negative (every count it states, one up and one
+            down: "two knocks, then three beeps" has four); 1 takes one, picked by a checksum.
         gather_negatives: under DDP, score this rank's captions and clips against the batches of
             all ranks (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
         lr: learning rate of everything but the encoders.
@@ -74,6 +77,7 @@ class LacoatModule(L.LightningModule):
         hard_negatives: int = 7,
         order_negatives: Negatives = "none",
         count_negatives: Negatives | bool = "none",
+        count_rewrites: int = 1,
         gather_negatives: bool = False,
         lr: float = 3e-4,
         encoder_lr: float = 1e-5,
@@ -104,7 +108,9 @@ class LacoatModule(L.LightningModule):
                 "trains at that rate; set its init_args frozen: false, or drop text_encoder_lr"
             )
         self.matcher, self.loss = matcher, loss
-        self.objective = PairObjective(loss, train_pairs, hard_negatives, order_negatives, count_negatives)
+        self.objective = PairObjective(
+            loss, train_pairs, hard_negatives, order_negatives, count_negatives, count_rewrites
+        )
         self.evaluator = Evaluator(matcher, eval_text_block, first_stage_trained=loss.aux_weight > 0)
         self.gather_negatives = gather_negatives
         self.lr, self.encoder_lr, self.weight_decay = lr, encoder_lr, weight_decay

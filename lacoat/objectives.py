@@ -14,7 +14,9 @@ with the events swapped (``audio``: one more caption → audio negative), and ev
 caption with the order reversed in words (``text``: one more audio → caption negative). With
 ``count_negatives`` every caption that states a count meets its own clip with one occurrence of its
 briefest sound repeated or left out (``audio``, ``lacoat.audio_edits.recount``), and every clip its
-caption with one stated count changed by one (``text``, ``lacoat.text_negatives``).
+caption with one stated count changed by one (``text``, ``lacoat.text_negatives``); with
+``count_rewrites`` N > 1, each of up to N such captions (every count it states, up and down) is a
+negative of the clip.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import Tensor
 
 from lacoat.audio_edits import ORDER_EDIT, Edit, count_edit
 from lacoat.distributed import Gather
-from lacoat.errors import NumericalError
+from lacoat.errors import LacoatError, NumericalError
 from lacoat.losses import ExtraNegatives, NTXentLoss, hardest_negatives
 from lacoat.models.matcher import AudioTextMatcher, Tokens
 from lacoat.order_negatives import states_order
@@ -52,6 +54,8 @@ class PairObjective:
             or fewer is one more negative of the caption; ``text``: each clip's caption with one
             stated count changed by one is one more negative of the clip; ``both``; ``none``
             (``True`` / ``False``: ``text`` / ``none``, as before both sides existed).
+        count_rewrites: on the text side, how many of a caption's count changes its clip meets as
+            negatives (``lacoat.text_negatives.count_changes``; 1: the one a checksum picks).
     """
 
     def __init__(
@@ -61,13 +65,20 @@ class PairObjective:
         hard_negatives: int = 7,
         order_negatives: Negatives = "none",
         count_negatives: Negatives | bool = "none",
+        count_rewrites: int = 1,
     ) -> None:
+        if count_rewrites < 1:
+            raise LacoatError(f"model.count_rewrites is {count_rewrites}; it must be 1 or more")
         self.loss, self.pairs, self.hard_negatives = loss, pairs, hard_negatives
         sides = {"order": order_negatives, "count": negatives_of(count_negatives)}
         # clip edits each caption meets as negatives, one column each of the caption → audio side
         self.audio_edits = [kind for kind, on in sides.items() if on in ("audio", "both")]
         # caption rewrites each clip meets as negatives, one column each of the audio → caption side
-        self.text_rewrites = [kind for kind, on in sides.items() if on in ("text", "both")]
+        # (count_rewrites columns of count rewrites)
+        per_kind = {"order": 1, "count": count_rewrites}
+        self.text_rewrites = [
+            kind for kind, on in sides.items() if on in ("text", "both") for _ in range(per_kind[kind])
+        ]
         self._warned = False  # about audio edits cached tokens cannot take
 
     def __call__(
@@ -136,7 +147,8 @@ class PairObjective:
         if self.text_rewrites:  # column k: each clip's caption through rewrite k
             turned_captions, rows, columns = [], [], []
             for k, kind in enumerate(self.text_rewrites):
-                turned, done = rewritten(captions, REWRITES[kind])
+                nth = self.text_rewrites[:k].count(kind)  # this column takes each caption's nth rewrite
+                turned, done = rewritten(captions, lambda c, kind=kind, nth=nth: _nth(REWRITES[kind](c), nth))
                 for i in done.nonzero().flatten().tolist():  # only these are encoded and scored
                     turned_captions.append(turned[i])
                     rows.append(i)
@@ -171,16 +183,19 @@ class PairObjective:
         """``{kind}_win``: share of captions whose own clip outscores its ``kind`` edit;
         ``{kind}_win_text``: share of clips whose caption outscores its ``kind`` rewrite (rows that
         have one)."""
-        columns = []
+        columns: dict[str, list[Tensor]] = {}  # name -> the columns it pools
         if extra.t2a is not None:
-            columns += [(f"{kind}_win", extra.t2a[:, j]) for j, kind in enumerate(self.audio_edits)]
+            for j, kind in enumerate(self.audio_edits):
+                columns.setdefault(f"{kind}_win", []).append(extra.t2a[:, j])
         if extra.a2t is not None:
-            columns += [(f"{kind}_win_text", extra.a2t[:, k]) for k, kind in enumerate(self.text_rewrites)]
+            for k, kind in enumerate(self.text_rewrites):
+                columns.setdefault(f"{kind}_win_text", []).append(extra.a2t[:, k])
         out = {}
-        for name, other in columns:
+        for name, others in columns.items():
+            other = torch.stack(others, dim=1).detach()  # [B, columns]
             has = torch.isfinite(other)
             if has.any():
-                out[name] = (own[has].detach() > other[has].detach()).float().mean()
+                out[name] = (own.detach()[:, None].expand_as(other)[has] > other[has]).float().mean()
         return out
 
     def _global_batch(
@@ -243,6 +258,10 @@ def negatives_of(value: Negatives | bool) -> Negatives:
     if isinstance(value, bool):
         return "text" if value else "none"
     return value
+
+
+def _nth(rewrites: list[str], n: int) -> str | None:
+    return rewrites[n] if n < len(rewrites) else None
 
 
 def _count_edit(caption: str) -> Edit:

@@ -5,8 +5,9 @@ order and counts only when they meet negatives that differ in nothing else).
 
 A rewrite is a sentence of the data set's own kind ("three knocks, then a siren" → "two knocks, then
 a siren"), so the model can tell it from the caption only by listening. Rewrites are deterministic:
-where a caption offers several changes, a checksum of the caption picks one, so a run and its resume
-see the same negatives.
+where a caption offers several changes, a checksum of the caption picks the one a single negative
+takes (the others follow it in ``count_changes``, for a clip that meets several), so a run and its
+resume see the same negatives.
 """
 
 from __future__ import annotations
@@ -157,21 +158,36 @@ def _thing_changes(caption: str) -> list[str]:
     return out
 
 
-def change_count(caption: str) -> str | None:
-    """``caption`` with one count it states changed by one, or None when it states no count this knows.
+def count_changes(caption: str) -> list[str]:
+    """Every caption with one count ``caption`` states changed by one, ``change_count``'s pick first,
+    the rest in the order they are stated; empty when it states no count this knows.
 
     Counts of things ("two knocks" → "three knocks" or "a single knock"; "a single drip" / "one drip"
     → "two drips") and of repetitions ("twice" → "once" or "three times"; "4 times" → "3 times"),
-    in words or digits as the caption writes them. Where a caption states several counts, or a count
-    can go up or down, a checksum of the caption picks one change. A bare "a drip" is not read as a
-    count; nor is "one" without a noun phrase after it ("one of the dogs").
+    in words or digits as the caption writes them. A bare "a drip" is not read as a count; nor is
+    "one" without a noun phrase after it ("one of the dogs").
     """
     changes = _repetition_changes(caption) + _thing_changes(caption)
-    return pick(caption, changes) if changes else None
+    if not changes:
+        return []
+    first = pick(caption, changes)
+    return list(dict.fromkeys([first, *changes]))
+
+
+def change_count(caption: str) -> str | None:
+    """``caption`` with one count it states changed by one (``count_changes``), or None when it states
+    no count this knows. Where a caption states several counts, or a count can go up or down, a
+    checksum of the caption picks one change."""
+    changes = count_changes(caption)
+    return changes[0] if changes else None
 
 
 Rewrite = Callable[[str], "str | None"]
-REWRITES: dict[str, Rewrite] = {"order": reverse_order, "count": change_count}
+# kind -> every rewrite of a caption, the one a single negative takes first
+REWRITES: dict[str, Callable[[str], list[str]]] = {
+    "order": lambda caption: [r] if (r := reverse_order(caption)) is not None else [],
+    "count": count_changes,
+}
 
 
 def states_count(captions: list[str]) -> Tensor:

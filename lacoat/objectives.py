@@ -69,6 +69,12 @@ class PairObjective:
     ) -> None:
         if count_rewrites < 1:
             raise LacoatError(f"model.count_rewrites is {count_rewrites}; it must be 1 or more")
+        if count_rewrites > 1 and negatives_of(count_negatives) not in ("text", "both"):
+            raise LacoatError(
+                f"model.count_rewrites is {count_rewrites}, but model.count_negatives is "
+                f"'{negatives_of(count_negatives)}', so no caption is rewritten; set count_negatives to "
+                "text or both, or drop count_rewrites"
+            )
         self.loss, self.pairs, self.hard_negatives = loss, pairs, hard_negatives
         sides = {"order": order_negatives, "count": negatives_of(count_negatives)}
         # clip edits each caption meets as negatives, one column each of the caption → audio side

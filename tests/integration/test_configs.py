@@ -93,7 +93,8 @@ data:
 
 @pytest.mark.parametrize("variant", [None, *VARIANTS])
 def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
-    configs = ["demo.yaml"] + ([f"demo_variants/{variant}"] if variant else [])
+    before = {"count_rewrites_all.yaml": ["count_negatives_both.yaml"]}.get(variant, [])  # what it refines
+    configs = ["demo.yaml"] + [f"demo_variants/{v}" for v in [*before, variant] if v]
     model, data = build(tmp_path, configs, f"data:\n  source:\n    init_args: {{root: {synthcaps}}}\n")
     assert model.matcher.audio_encoder.sample_rate == data.train_loader.sample_rate == 16000
     expected = {
@@ -105,6 +106,7 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "order_negatives.yaml": IteratingCascade,
         "count_negatives.yaml": IteratingCascade,
         "count_negatives_both.yaml": IteratingCascade,
+        "count_rewrites_all.yaml": IteratingCascade,
         "audio_tokens_160ms.yaml": IteratingCascade,
         "text_finetune.yaml": IteratingCascade,
         "text_finetune_top2.yaml": IteratingCascade,
@@ -115,10 +117,12 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "order_negatives.yaml": ["order"],
         "count_negatives.yaml": ["count"],
         "count_negatives_both.yaml": ["count"],
+        "count_rewrites_all.yaml": ["count"] * 4,
     }.get(variant, [])
     assert model.objective.audio_edits == {
         "order_negatives.yaml": ["order"],
         "count_negatives_both.yaml": ["count"],
+        "count_rewrites_all.yaml": ["count"],
     }.get(variant, [])
     fine_tuned = variant in ("text_finetune.yaml", "text_finetune_top2.yaml")
     text_params = dict(model.matcher.text_encoder.named_parameters())

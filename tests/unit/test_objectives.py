@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lacoat.errors import LacoatError
 from lacoat.losses import NTXentLoss
 from lacoat.models.cascade import IteratingCascade
 from lacoat.models.matcher import AudioTextMatcher, Tokens
@@ -121,11 +122,14 @@ class WordEncoder(torch.nn.Module):
 
 
 @pytest.mark.parametrize("pairs", ["full", "hard_negatives"])
-@pytest.mark.parametrize("kinds", [["order"], ["count"], ["order", "count"]])
-def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds):
+@pytest.mark.parametrize(
+    ("kinds", "count_rewrites"),
+    [(["order"], 1), (["count"], 1), (["order", "count"], 1), (["order", "count"], 3)],
+)
+def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds, count_rewrites):
     from lacoat.losses import ExtraNegatives
     from lacoat.order_negatives import reverse_order
-    from lacoat.text_negatives import change_count
+    from lacoat.text_negatives import count_changes
 
     matcher = make_matcher(text_encoder=WordEncoder(D))
     loss = NTXentLoss(temperature=0.1, aux_weight=0.5)
@@ -134,7 +138,7 @@ def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds):
     batch["captions"] = [
         "a hum, then a click",
         "a bell rings twice",
-        "three knocks before a drip",
+        "three knocks before two drips",
         "a hiss",
         "a tone after a knock",
     ]
@@ -144,21 +148,30 @@ def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds):
         2,
         order_negatives="text" if "order" in kinds else "none",
         count_negatives="count" in kinds,
+        count_rewrites=count_rewrites,
     )
     out = objective(matcher, batch)
 
     text, audio = matcher.text_of(batch), matcher.audio_of(batch)
     own = matcher.pair_scores(text, audio)
-    rewrites = {"order": (reverse_order, [0, 2, 4]), "count": (change_count, [1, 2])}
-    co = torch.full((5, len(kinds)), float("-inf"), dtype=torch.float32)
+    # by hand: clip i meets each of these captions; "three knocks before two drips" has four count
+    # changes, "a bell rings twice" two (once, three times)
+    rewrites = {"order": {i: [reverse_order(batch["captions"][i])] for i in (0, 2, 4)}}
+    rewrites["count"] = {i: count_changes(batch["captions"][i])[:count_rewrites] for i in (1, 2)}
+    assert [len(r) for r in rewrites["count"].values()] == [min(2, count_rewrites), count_rewrites]
+    columns = [(kind, n) for kind in kinds for n in range(count_rewrites if kind == "count" else 1)]
+    co = torch.full((5, len(columns)), float("-inf"), dtype=torch.float32)
     bi = co.clone()
-    for k, kind in enumerate(kinds):
-        rewrite, changed = rewrites[kind]
-        turned = matcher.encode_text([rewrite(batch["captions"][i]) for i in changed])
+    for k, (kind, n) in enumerate(columns):
+        changed = [i for i, turned in rewrites[kind].items() if n < len(turned)]
+        turned = matcher.encode_text([rewrites[kind][i][n] for i in changed])
         rows = torch.tensor(changed)
         co[rows, k] = matcher.score_index_pairs(turned, audio, torch.arange(len(rows)), rows).float()
         bi[rows, k] = (matcher.embed_text(turned) * matcher.embed_audio(audio)[rows]).sum(-1).float()
-        win = (own[rows] > co[rows, k].to(own.dtype)).float().mean()
+    for kind in kinds:  # every rewrite of the kind, pooled
+        k = [j for j, (c, _) in enumerate(columns) if c == kind]
+        has = torch.isfinite(co[:, k])
+        win = (own[:, None].expand(-1, len(k))[has] > co[:, k][has].to(own.dtype)).float().mean()
         torch.testing.assert_close(out[f"{kind}_win_text"], win)
     clip = batch["clip_index"]
     bi_sim = matcher.bi_scores(text, audio)
@@ -168,9 +181,16 @@ def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds):
         torch.testing.assert_close(
             out["loss_main"], loss.contrastive(sim, clip, clip, ExtraNegatives(a2t=co))
         )
-    else:  # the reversed caption is one more candidate of its clip (audio → text)
+    else:  # the rewritten captions are more candidates of their clip (audio → text)
         expected = reference_candidate_loss(matcher, loss, batch, 2, a2t_extra=co.to(own.dtype))
         torch.testing.assert_close(out["loss_main"], expected)
+
+
+def test_count_rewrites_need_count_negatives_on_the_text_side():
+    with pytest.raises(LacoatError, match="count_rewrites is 4, but model.count_negatives is 'audio'"):
+        PairObjective(NTXentLoss(), count_negatives="audio", count_rewrites=4)
+    with pytest.raises(LacoatError, match="count_rewrites is 0"):
+        PairObjective(NTXentLoss(), count_negatives="text", count_rewrites=0)
 
 
 def test_audio_order_negatives_meet_each_ordered_caption_with_its_clip_swapped():

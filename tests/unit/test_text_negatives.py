@@ -2,7 +2,7 @@
 
 import pytest
 
-from lacoat.text_negatives import _repetition_changes, _thing_changes, change_count, rewritten
+from lacoat.text_negatives import _repetition_changes, _thing_changes, change_count, count_changes, rewritten
 
 
 @pytest.mark.parametrize(
@@ -47,6 +47,22 @@ def test_change_count_picks_one_change_the_same_every_time():
     assert change_count(caption) in options
     assert change_count(caption) == change_count(caption)
     assert change_count("A bell rings.") is None
+
+
+def test_count_changes_are_every_count_up_and_down_the_pick_first():
+    caption = "Three chirps, then two knocks."
+    changes = count_changes(caption)
+    assert changes[0] == change_count(caption)
+    assert sorted(changes) == sorted(
+        [
+            "Two chirps, then two knocks.",
+            "Four chirps, then two knocks.",
+            "Three chirps, then a single knock.",
+            "Three chirps, then three knocks.",
+        ]
+    )
+    assert count_changes("A single drip.") == ["Two drips."]  # no count below one
+    assert count_changes("A bell rings.") == []
 
 
 def test_different_captions_are_changed_both_ways():

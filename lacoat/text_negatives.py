@@ -160,7 +160,7 @@ def _thing_changes(caption: str) -> list[str]:
 
 def count_changes(caption: str) -> list[str]:
     """Every caption with one count ``caption`` states changed by one, ``change_count``'s pick first,
-    the rest in the order they are stated; empty when it states no count this knows.
+    then the others (repetitions, then counts of things); empty when it states no count this knows.
 
     Counts of things ("two knocks" → "three knocks" or "a single knock"; "a single drip" / "one drip"
     → "two drips") and of repetitions ("twice" → "once" or "three times"; "4 times" → "3 times"),

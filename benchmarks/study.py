@@ -112,6 +112,15 @@ RUNS: dict[str, list[str]] = {
         + ["--model.text_encoder_lr", "1e-4", "--config", "configs/demo_variants/count_rewrites_all.yaml"]
         for head, args in HEADS.items()
     },
+    # the 1e-4 recipe with each counting caption's clip recounted both ways (one occurrence more and
+    # one fewer, two audio negatives) rather than one way: does the caption → audio side learn counts?
+    **{
+        f"{head}_long_order_count_both_negatives_text_top2_lr1e-4_edits2": LONG
+        + args
+        + COUNT_BOTH_TOP2
+        + ["--model.text_encoder_lr", "1e-4", "--config", "configs/demo_variants/count_edits_both.yaml"]
+        for head, args in HEADS.items()
+    },
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
     + COUNT_BOTH_TOP2

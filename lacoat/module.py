@@ -50,6 +50,8 @@ class LacoatModule(L.LightningModule):
         count_rewrites: with count negatives on the text side, how many changes of a caption's
             counts its clip meets, each one more negative (every count it states, one up and one
             down: "two knocks, then three beeps" has four); 1 takes one, picked by a checksum.
+        count_edits: with count negatives on the audio side, 1: a counting caption meets its clip
+            with one occurrence more or fewer (picked by a checksum); 2: with both.
         gather_negatives: under DDP, score this rank's captions and clips against the batches of
             all ranks (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
         lr: learning rate of everything but the encoders.
@@ -78,6 +80,7 @@ class LacoatModule(L.LightningModule):
         order_negatives: Negatives = "none",
         count_negatives: Negatives | bool = "none",
         count_rewrites: int = 1,
+        count_edits: Literal[1, 2] = 1,
         gather_negatives: bool = False,
         lr: float = 3e-4,
         encoder_lr: float = 1e-5,
@@ -109,7 +112,7 @@ class LacoatModule(L.LightningModule):
             )
         self.matcher, self.loss = matcher, loss
         self.objective = PairObjective(
-            loss, train_pairs, hard_negatives, order_negatives, count_negatives, count_rewrites
+            loss, train_pairs, hard_negatives, order_negatives, count_negatives, count_rewrites, count_edits
         )
         self.evaluator = Evaluator(matcher, eval_text_block, first_stage_trained=loss.aux_weight > 0)
         self.gather_negatives = gather_negatives

@@ -16,7 +16,8 @@ caption with the order reversed in words (``text``: one more audio → caption n
 briefest sound repeated or left out (``audio``, ``lacoat.audio_edits.recount``), and every clip its
 caption with one stated count changed by one (``text``, ``lacoat.text_negatives``); with
 ``count_rewrites`` N > 1, each of up to N such captions (every count it states, up and down) is a
-negative of the clip.
+negative of the clip; with ``count_edits`` 2, the caption meets its clip with one occurrence more
+and with one fewer.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class PairObjective:
             (``True`` / ``False``: ``text`` / ``none``, as before both sides existed).
         count_rewrites: on the text side, how many of a caption's count changes its clip meets as
             negatives (``lacoat.text_negatives.count_changes``; 1: the one a checksum picks).
+        count_edits: on the audio side, 1: each counting caption meets its clip with one occurrence
+            more or fewer (a checksum picks); 2: with both, two negatives.
     """
 
     def __init__(
@@ -66,9 +69,18 @@ class PairObjective:
         order_negatives: Negatives = "none",
         count_negatives: Negatives | bool = "none",
         count_rewrites: int = 1,
+        count_edits: Literal[1, 2] = 1,
     ) -> None:
         if count_rewrites < 1:
             raise LacoatError(f"model.count_rewrites is {count_rewrites}; it must be 1 or more")
+        if count_edits not in (1, 2):
+            raise LacoatError(f"model.count_edits is {count_edits}; it must be 1 (more or fewer) or 2 (both)")
+        if count_edits > 1 and negatives_of(count_negatives) not in ("audio", "both"):
+            raise LacoatError(
+                f"model.count_edits is {count_edits}, but model.count_negatives is "
+                f"'{negatives_of(count_negatives)}', so no clip is recounted; set count_negatives to "
+                "audio or both, or drop count_edits"
+            )
         if count_rewrites > 1 and negatives_of(count_negatives) not in ("text", "both"):
             raise LacoatError(
                 f"model.count_rewrites is {count_rewrites}, but model.count_negatives is "
@@ -78,12 +90,19 @@ class PairObjective:
         self.loss, self.pairs, self.hard_negatives = loss, pairs, hard_negatives
         sides = {"order": order_negatives, "count": negatives_of(count_negatives)}
         # clip edits each caption meets as negatives, one column each of the caption → audio side
-        self.audio_edits = [kind for kind, on in sides.items() if on in ("audio", "both")]
+        # (count_edits columns of count edits)
+        edits_per_kind = {"order": 1, "count": count_edits}
+        self.audio_edits = [
+            kind for kind, on in sides.items() if on in ("audio", "both") for _ in range(edits_per_kind[kind])
+        ]
         # caption rewrites each clip meets as negatives, one column each of the audio → caption side
         # (count_rewrites columns of count rewrites)
-        per_kind = {"order": 1, "count": count_rewrites}
+        rewrites_per_kind = {"order": 1, "count": count_rewrites}
         self.text_rewrites = [
-            kind for kind, on in sides.items() if on in ("text", "both") for _ in range(per_kind[kind])
+            kind
+            for kind, on in sides.items()
+            if on in ("text", "both")
+            for _ in range(rewrites_per_kind[kind])
         ]
         self._warned = False  # about audio edits cached tokens cannot take
 
@@ -132,10 +151,11 @@ class PairObjective:
         if self.audio_edits:  # column j: each caption's own clip through edit j
             rows, columns, edits = [], [], []
             for j, kind in enumerate(self.audio_edits):
+                nth = self.audio_edits[:j].count(kind)  # this column takes each caption's nth edit
                 for i in AUDIO_EDITS[kind][0](captions).nonzero().flatten().tolist():
                     rows.append(i)
                     columns.append(j)
-                    edits.append(AUDIO_EDITS[kind][1](captions[i]))
+                    edits.append(AUDIO_EDITS[kind][1](captions[i])[nth])
             shape = (b, len(self.audio_edits))
             co_t2a = bi_t2a = torch.full(shape, float("-inf"), device=device)
             if rows:  # one encoder pass and one cascade pass for every edit
@@ -270,13 +290,15 @@ def _nth(rewrites: list[str], n: int) -> str | None:
     return rewrites[n] if n < len(rewrites) else None
 
 
-def _count_edit(caption: str) -> Edit:
-    # one occurrence more or fewer, the same for the same caption (a run and its resume agree)
-    return count_edit(more=pick(caption, [True, False]))
+def _count_edits(caption: str) -> list[Edit]:
+    # one occurrence more or fewer, the same for the same caption (a run and its resume agree); then
+    # the other
+    more = pick(caption, [True, False])
+    return [count_edit(more=more), count_edit(more=not more)]
 
 
-# kind -> (which captions state it, the edit of a caption's clip)
-AUDIO_EDITS = {"order": (states_order, lambda caption: ORDER_EDIT), "count": (states_count, _count_edit)}
+# kind -> (which captions state it, the edits of a caption's clip, the one a single negative takes first)
+AUDIO_EDITS = {"order": (states_order, lambda caption: [ORDER_EDIT]), "count": (states_count, _count_edits)}
 
 
 def _result(loss: NTXentLoss, main: Tensor, aux: Tensor, aux_weight: float) -> dict[str, Tensor]:

@@ -93,7 +93,8 @@ data:
 
 @pytest.mark.parametrize("variant", [None, *VARIANTS])
 def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
-    before = {"count_rewrites_all.yaml": ["count_negatives_both.yaml"]}.get(variant, [])  # what it refines
+    refines = {"count_rewrites_all.yaml", "count_edits_both.yaml"}
+    before = ["count_negatives_both.yaml"] if variant in refines else []  # the variant it refines
     configs = ["demo.yaml"] + [f"demo_variants/{v}" for v in [*before, variant] if v]
     model, data = build(tmp_path, configs, f"data:\n  source:\n    init_args: {{root: {synthcaps}}}\n")
     assert model.matcher.audio_encoder.sample_rate == data.train_loader.sample_rate == 16000
@@ -107,6 +108,7 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "count_negatives.yaml": IteratingCascade,
         "count_negatives_both.yaml": IteratingCascade,
         "count_rewrites_all.yaml": IteratingCascade,
+        "count_edits_both.yaml": IteratingCascade,
         "audio_tokens_160ms.yaml": IteratingCascade,
         "text_finetune.yaml": IteratingCascade,
         "text_finetune_top2.yaml": IteratingCascade,
@@ -118,11 +120,13 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "count_negatives.yaml": ["count"],
         "count_negatives_both.yaml": ["count"],
         "count_rewrites_all.yaml": ["count"] * 4,
+        "count_edits_both.yaml": ["count"],
     }.get(variant, [])
     assert model.objective.audio_edits == {
         "order_negatives.yaml": ["order"],
         "count_negatives_both.yaml": ["count"],
         "count_rewrites_all.yaml": ["count"],
+        "count_edits_both.yaml": ["count"] * 2,
     }.get(variant, [])
     fine_tuned = variant in ("text_finetune.yaml", "text_finetune_top2.yaml")
     text_params = dict(model.matcher.text_encoder.named_parameters())

@@ -186,6 +186,14 @@ def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds, 
         torch.testing.assert_close(out["loss_main"], expected)
 
 
+def test_count_edits_need_count_negatives_on_the_audio_side():
+    with pytest.raises(LacoatError, match="count_edits is 2, but model.count_negatives is 'text'"):
+        PairObjective(NTXentLoss(), count_negatives="text", count_edits=2)
+    with pytest.raises(LacoatError, match="count_edits is 3"):
+        PairObjective(NTXentLoss(), count_negatives="audio", count_edits=3)
+    assert PairObjective(NTXentLoss(), count_negatives="both", count_edits=2).audio_edits == ["count"] * 2
+
+
 def test_count_rewrites_need_count_negatives_on_the_text_side():
     with pytest.raises(LacoatError, match="count_rewrites is 4, but model.count_negatives is 'audio'"):
         PairObjective(NTXentLoss(), count_negatives="audio", count_rewrites=4)
@@ -232,7 +240,8 @@ class FrameEncoder(torch.nn.Module):
 
 
 @pytest.mark.parametrize("pairs", ["full", "hard_negatives"])
-def test_audio_count_negatives_meet_each_counting_caption_with_its_clip_recounted(pairs):
+@pytest.mark.parametrize("count_edits", [1, 2])
+def test_audio_count_negatives_meet_each_counting_caption_with_its_clip_recounted(pairs, count_edits):
     from lacoat.audio_edits import recount, swap_at_pause
     from lacoat.losses import ExtraNegatives
     from lacoat.text_negatives import pick
@@ -253,23 +262,29 @@ def test_audio_count_negatives_meet_each_counting_caption_with_its_clip_recounte
         "clip_index": torch.arange(4),
         "captions": captions,
     }
-    out = PairObjective(loss, pairs, 2, order_negatives="audio", count_negatives="audio")(matcher, batch)
+    objective = PairObjective(
+        loss, pairs, 2, order_negatives="audio", count_negatives="audio", count_edits=count_edits
+    )
+    out = objective(matcher, batch)
 
     text, audio = matcher.text_of(batch), matcher.audio_of(batch)
     own = matcher.pair_scores(text, audio)
-    co = torch.full((4, 2), float("-inf"), dtype=torch.float32)
-    edits = {  # column 0: order (captions 0, 1), column 1: count (captions 0, 1, 2; clip 2 has no edit)
-        (0, 0): swap_at_pause(waves[0], 10),
-        (1, 0): swap_at_pause(waves[1], 10),
-        (0, 1): recount(waves[0], 10, more=pick(captions[0], [True, False])),
-        (1, 1): recount(waves[1], 10, more=pick(captions[1], [True, False])),
-    }
+    co = torch.full((4, 1 + count_edits), float("-inf"), dtype=torch.float32)
+    # column 0: order (captions 0, 1); column 1: count (captions 0, 1, 2; clip 2 has no edit), one
+    # occurrence more or fewer as a checksum picks; column 2 (count_edits 2): the other way
+    edits = {(0, 0): swap_at_pause(waves[0], 10), (1, 0): swap_at_pause(waves[1], 10)}
+    for i in (0, 1):
+        more = pick(captions[i], [True, False])
+        for n in range(count_edits):
+            edits[(i, 1 + n)] = recount(waves[i], 10, more=more if n == 0 else not more)
+    assert all(wave is not None for wave in edits.values())
     assert recount(waves[2], 10, more=True) is None and recount(waves[2], 10, more=False) is None
     for (i, k), wave in edits.items():
         edited = matcher.encode_audio(wave[None, None, :], torch.tensor([[200]]))
         co[i, k] = matcher.pair_scores(text[[i]], edited)[0].float()
-    for k, kind in enumerate(["order", "count"]):
-        torch.testing.assert_close(out[f"{kind}_win"], (own[:2] > co[:2, k].to(own.dtype)).float().mean())
+    for kind, k in [("order", [0]), ("count", list(range(1, 1 + count_edits)))]:  # pooled over its columns
+        win = (own[:2, None] > co[:2, k].to(own.dtype)).float().mean()
+        torch.testing.assert_close(out[f"{kind}_win"], win)
     if pairs == "full":
         sim, clips = matcher.score_matrix(text, audio), batch["clip_index"]
         expected = loss.contrastive(sim, clips, clips, ExtraNegatives(t2a=co.to(sim.dtype)))

@@ -232,34 +232,81 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _twin_comparisons(names: list[str]) -> tuple[pd.DataFrame, int, dict[str, dict]]:
+    """Every twin comparison of these runs' seeds whose exhaustive test wrote them (with ``win``,
+    ``bi_win`` and ``events``: 1 or 2–3 in the caption's clip), how many tables, and the test
+    split's clip specifications by file name."""
+    from lacoat.data.twins import read_twin_manifest
+
+    specs = {s["file_name"]: s for s in read_twin_manifest(REPO / "data" / "synthcaps", "evaluation") or []}
+    tables = []
+    for name in names:
+        for path in sorted(
+            (REPO / "runs" / "study" / name).glob("seed*/checkpoints/*/test_twins_exhaustive.csv")
+        ):
+            t = pd.read_csv(path, keep_default_na=False).assign(run=name)
+            t["events"] = ["1" if len(specs[f]["events"]) == 1 else "2–3" for f in t["file_name"]]
+            t["win"] = t["own_score"] > t["twin_score"]
+            t["bi_win"] = t["own_score_bi"] > t["twin_score_bi"]
+            tables.append(t)
+    return (pd.concat(tables) if tables else pd.DataFrame()), len(tables), specs
+
+
 def twins_by_events(names: list[str]) -> str:
     """Markdown table: each run's twin win rates (co-attention, and ``bi`` its bi-encoder) per change,
     for clips of one event and of two or three, mean over the seeds whose exhaustive test wrote its
     comparisons (``test_twins_exhaustive.csv``); ``n`` is comparisons per seed."""
-    from lacoat.data.twins import read_twin_manifest
-
-    specs = read_twin_manifest(REPO / "data" / "synthcaps", "evaluation") or []
-    events = {spec["file_name"]: len(spec["events"]) for spec in specs}
     lines = ["| run | seeds | change | events | n | win | bi win |", "|---" * 7 + "|"]
     for name in names:
-        tables = []
-        for path in sorted(
-            (REPO / "runs" / "study" / name).glob("seed*/checkpoints/*/test_twins_exhaustive.csv")
-        ):
-            t = pd.read_csv(path, keep_default_na=False)
-            t["events"] = ["1" if events[f] == 1 else "2–3" for f in t["file_name"]]
-            t["win"] = t["own_score"] > t["twin_score"]
-            t["bi_win"] = t["own_score_bi"] > t["twin_score_bi"]
-            tables.append(t)
-        if not tables:
-            continue
-        every = pd.concat(tables)
-        for (change, n_events), group in every.groupby(["change", "events"]):
-            n = len(group) // len(tables)
+        every, seeds, _ = _twin_comparisons([name])
+        for (change, n_events), group in every.groupby(["change", "events"]) if seeds else []:
+            n = len(group) // seeds
             lines.append(
-                f"| {name} | {len(tables)} | {change} | {n_events} | {n} | {group['win'].mean():.3f} "
+                f"| {name} | {seeds} | {change} | {n_events} | {n} | {group['win'].mean():.3f} "
                 f"| {group['bi_win'].mean():.3f} |"
             )
+    return "\n".join(lines)
+
+
+def count_twin_pairs(names: list[str]) -> str:
+    """Markdown table: each count twin pair of the test split (A and its twin B) both ways — how often
+    the captions of A score A above B, and those of B score B above A — pooled over these runs'
+    seeds. A pair whose two rates are far apart is decided by the clips, not by the stated counts."""
+    every, seeds, specs = _twin_comparisons(names)
+    lines = [
+        f"| clip A / twin B ({seeds} tests) | events | counted | count A → B | A's captions win "
+        "| B's captions win |",
+        "|---" * 6 + "|",
+    ]
+    every = every[every["change"] == "count"] if seeds else every
+    rows = []
+    for twin, spec in specs.items():
+        if spec["change"] != "count" or spec["twin_of"] not in specs:
+            continue
+        original = spec["twin_of"]
+        wins = [
+            every[(every["file_name"] == a) & (every["twin_file_name"] == b)]["win"].mean()
+            for a, b in ((original, twin), (twin, original))
+        ]
+        if any(pd.isna(w) for w in wins):
+            continue  # no caption of one side tells the two apart
+        event = spec["change_event"]
+        counts = specs[original]["events"][event]["count"], spec["events"][event]["count"]
+        rows.append(
+            (
+                abs(wins[0] - wins[1]),
+                original,
+                twin,
+                len(spec["events"]),
+                spec["events"][event]["kind"],
+                counts,
+                wins,
+            )
+        )
+    for _, a, b, n_events, kind, (count_a, count_b), wins in sorted(rows, key=lambda r: -r[0]):
+        lines.append(
+            f"| {a} / {b} | {n_events} | {kind} | {count_a} → {count_b} | {wins[0]:.2f} | {wins[1]:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -277,6 +324,12 @@ def main() -> None:
         nargs="+",
         metavar="RUN",
         help="print twin win rates by change and events per clip of these runs",
+    )
+    parser.add_argument(
+        "--count-pairs",
+        nargs="+",
+        metavar="RUN",
+        help="print each count twin pair's win rates both ways, pooled over these runs",
     )
     args = parser.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
@@ -298,6 +351,8 @@ def main() -> None:
         print(table(results))
     if args.twins:
         print(twins_by_events(args.twins))
+    if args.count_pairs:
+        print(count_twin_pairs(args.count_pairs))
 
 
 if __name__ == "__main__":

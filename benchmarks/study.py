@@ -47,6 +47,15 @@ TEXT_FINETUNE = ["--config", "configs/demo_variants/text_finetune.yaml"]  # Mini
 TEXT_TOP2 = ["--config", "configs/demo_variants/text_finetune_top2.yaml"]  # its top 2 layers trained
 # order and count negatives on both sides with the text model's top 2 layers trained (after LONG and a head)
 COUNT_BOTH_TOP2 = ORDER_COUNT_BOTH + TEXT_TOP2
+# the longer budget's recipe with the text model's top 2 layers trained at 1e-4 (after LONG and a head)
+LR_1E4 = [*COUNT_BOTH_TOP2, "--model.text_encoder_lr", "1e-4"]
+
+
+def each_head(suffix: str, *more: str) -> dict[str, list[str]]:
+    """``{head}{suffix}`` for every head: the longer budget, the head's variant, then ``more``."""
+    return {f"{head}{suffix}": LONG + args + list(more) for head, args in HEADS.items()}
+
+
 RUNS: dict[str, list[str]] = {
     # the demo recipe (configs/demo.yaml) with each head: the same batches for all
     **{head: args for head, args in HEADS.items()},
@@ -88,39 +97,27 @@ RUNS: dict[str, list[str]] = {
         for head, args in HEADS.items()
     },
     # the same with the text model's top layers trained at 1e-4 instead of 3e-5: is order learnt sooner?
-    **{
-        f"{head}_long_order_count_both_negatives_text_top2_lr1e-4": LONG
-        + args
-        + COUNT_BOTH_TOP2
-        + ["--model.text_encoder_lr", "1e-4"]
-        for head, args in HEADS.items()
-    },
+    **each_head("_long_order_count_both_negatives_text_top2_lr1e-4", *LR_1E4),
     # the same with 7 epochs (2,184 steps) instead of 6: about the whole budget of a 30-minute quiet fit
-    **{
-        f"{head}_long_order_count_both_negatives_text_top2_lr1e-4_7epochs": LONG
-        + args
-        + COUNT_BOTH_TOP2
-        + ["--model.text_encoder_lr", "1e-4", "--trainer.max_epochs", "7"]
-        for head, args in HEADS.items()
-    },
+    **each_head(
+        "_long_order_count_both_negatives_text_top2_lr1e-4_7epochs", *LR_1E4, "--trainer.max_epochs", "7"
+    ),
     # the 1e-4 recipe with every count change of a caption as a negative of its clip (up to 4: each
     # stated count one up and one down) rather than one: are counts among several sounds learnt then?
-    **{
-        f"{head}_long_order_count_both_negatives_text_top2_lr1e-4_rewrites4": LONG
-        + args
-        + COUNT_BOTH_TOP2
-        + ["--model.text_encoder_lr", "1e-4", "--config", "configs/demo_variants/count_rewrites_all.yaml"]
-        for head, args in HEADS.items()
-    },
+    **each_head(
+        "_long_order_count_both_negatives_text_top2_lr1e-4_rewrites4",
+        *LR_1E4,
+        "--config",
+        "configs/demo_variants/count_rewrites_all.yaml",
+    ),
     # the 1e-4 recipe with each counting caption's clip recounted both ways (one occurrence more and
     # one fewer, two audio negatives) rather than one way: does the caption → audio side learn counts?
-    **{
-        f"{head}_long_order_count_both_negatives_text_top2_lr1e-4_edits2": LONG
-        + args
-        + COUNT_BOTH_TOP2
-        + ["--model.text_encoder_lr", "1e-4", "--config", "configs/demo_variants/count_edits_both.yaml"]
-        for head, args in HEADS.items()
-    },
+    **each_head(
+        "_long_order_count_both_negatives_text_top2_lr1e-4_edits2",
+        *LR_1E4,
+        "--config",
+        "configs/demo_variants/count_edits_both.yaml",
+    ),
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
     + COUNT_BOTH_TOP2

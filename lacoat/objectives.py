@@ -34,7 +34,7 @@ from lacoat.errors import LacoatError, NumericalError
 from lacoat.losses import ExtraNegatives, NTXentLoss, hardest_negatives
 from lacoat.models.matcher import AudioTextMatcher, Tokens
 from lacoat.order_negatives import states_order
-from lacoat.text_negatives import REWRITES, pick, rewritten, states_count
+from lacoat.text_negatives import REWRITES, pick, states_count
 
 Negatives = Literal["none", "audio", "text", "both"]
 
@@ -75,35 +75,22 @@ class PairObjective:
             raise LacoatError(f"model.count_rewrites is {count_rewrites}; it must be 1 or more")
         if count_edits not in (1, 2):
             raise LacoatError(f"model.count_edits is {count_edits}; it must be 1 (more or fewer) or 2 (both)")
-        if count_edits > 1 and negatives_of(count_negatives) not in ("audio", "both"):
-            raise LacoatError(
-                f"model.count_edits is {count_edits}, but model.count_negatives is "
-                f"'{negatives_of(count_negatives)}', so no clip is recounted; set count_negatives to "
-                "audio or both, or drop count_edits"
-            )
-        if count_rewrites > 1 and negatives_of(count_negatives) not in ("text", "both"):
-            raise LacoatError(
-                f"model.count_rewrites is {count_rewrites}, but model.count_negatives is "
-                f"'{negatives_of(count_negatives)}', so no caption is rewritten; set count_negatives to "
-                "text or both, or drop count_rewrites"
-            )
+        count = negatives_of(count_negatives)
+        for name, n, side, unmade in (
+            ("count_edits", count_edits, "audio", "no clip is recounted"),
+            ("count_rewrites", count_rewrites, "text", "no caption is rewritten"),
+        ):
+            if n > 1 and count not in (side, "both"):
+                raise LacoatError(
+                    f"model.{name} is {n}, but model.count_negatives is '{count}', so {unmade}; set "
+                    f"count_negatives to {side} or both, or drop {name}"
+                )
         self.loss, self.pairs, self.hard_negatives = loss, pairs, hard_negatives
-        sides = {"order": order_negatives, "count": negatives_of(count_negatives)}
+        sides = {"order": order_negatives, "count": count}
         # clip edits each caption meets as negatives, one column each of the caption → audio side
-        # (count_edits columns of count edits)
-        edits_per_kind = {"order": 1, "count": count_edits}
-        self.audio_edits = [
-            kind for kind, on in sides.items() if on in ("audio", "both") for _ in range(edits_per_kind[kind])
-        ]
+        self.audio_edits = _columns(sides, "audio", {"order": 1, "count": count_edits})
         # caption rewrites each clip meets as negatives, one column each of the audio → caption side
-        # (count_rewrites columns of count rewrites)
-        rewrites_per_kind = {"order": 1, "count": count_rewrites}
-        self.text_rewrites = [
-            kind
-            for kind, on in sides.items()
-            if on in ("text", "both")
-            for _ in range(rewrites_per_kind[kind])
-        ]
+        self.text_rewrites = _columns(sides, "text", {"order": 1, "count": count_rewrites})
         self._warned = False  # about audio edits cached tokens cannot take
 
     def __call__(
@@ -150,9 +137,10 @@ class PairObjective:
         captions = batch["captions"]
         if self.audio_edits:  # column j: each caption's own clip through edit j
             rows, columns, edits = [], [], []
+            stating = {kind: AUDIO_EDITS[kind][0](captions) for kind in dict.fromkeys(self.audio_edits)}
             for j, kind in enumerate(self.audio_edits):
                 nth = self.audio_edits[:j].count(kind)  # this column takes each caption's nth edit
-                for i in AUDIO_EDITS[kind][0](captions).nonzero().flatten().tolist():
+                for i in stating[kind].nonzero().flatten().tolist():
                     rows.append(i)
                     columns.append(j)
                     edits.append(AUDIO_EDITS[kind][1](captions[i])[nth])
@@ -172,13 +160,16 @@ class PairObjective:
             co, bi = co._replace(t2a=co_t2a), bi._replace(t2a=bi_t2a)
         if self.text_rewrites:  # column k: each clip's caption through rewrite k
             turned_captions, rows, columns = [], [], []
+            every = {
+                kind: [REWRITES[kind](c) for c in captions] for kind in dict.fromkeys(self.text_rewrites)
+            }
             for k, kind in enumerate(self.text_rewrites):
                 nth = self.text_rewrites[:k].count(kind)  # this column takes each caption's nth rewrite
-                turned, done = rewritten(captions, lambda c, kind=kind, nth=nth: _nth(REWRITES[kind](c), nth))
-                for i in done.nonzero().flatten().tolist():  # only these are encoded and scored
-                    turned_captions.append(turned[i])
-                    rows.append(i)
-                    columns.append(k)
+                for i, turned in enumerate(every[kind]):  # only captions with an nth rewrite are scored
+                    if nth < len(turned) and turned[nth] != captions[i]:
+                        turned_captions.append(turned[nth])
+                        rows.append(i)
+                        columns.append(k)
             at = (torch.tensor(rows, device=device), torch.tensor(columns, device=device))
             shape = (b, len(self.text_rewrites))
             if turned_captions:  # one encoder pass and one cascade pass for every rewrite
@@ -286,8 +277,10 @@ def negatives_of(value: Negatives | bool) -> Negatives:
     return value
 
 
-def _nth(rewrites: list[str], n: int) -> str | None:
-    return rewrites[n] if n < len(rewrites) else None
+def _columns(sides: dict[str, Negatives], side: str, per_kind: dict[str, int]) -> list[str]:
+    """The kind of each negative column of ``side`` (``audio`` or ``text``): ``per_kind[kind]`` columns
+    of every kind that is on for that side."""
+    return [kind for kind, on in sides.items() if on in (side, "both") for _ in range(per_kind[kind])]
 
 
 def _count_edits(caption: str) -> list[Edit]:

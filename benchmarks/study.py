@@ -118,6 +118,17 @@ RUNS: dict[str, list[str]] = {
         "--config",
         "configs/demo_variants/count_edits_both.yaml",
     ),
+    # the 1e-4 recipe with half of each batch filled with the clips whose captions are most alike
+    # (mostly the twins): do twin clips met as in-batch negatives move the counts at this budget?
+    **each_head("_long_order_count_both_negatives_text_top2_lr1e-4_hard_batches", *LR_1E4, *HARD_BATCHES),
+    # the 1e-4 recipe with pools that also read how much of what they attend to there is
+    # (configs/demo_variants/attention_mass.yaml): AttFlat's softmax mean cannot count; can this?
+    **each_head(
+        "_long_order_count_both_negatives_text_top2_lr1e-4_attention_mass",
+        *LR_1E4,
+        "--config",
+        "configs/demo_variants/attention_mass.yaml",
+    ),
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
     + COUNT_BOTH_TOP2

@@ -73,7 +73,8 @@ class AudioTextMatcher(nn.Module):
         cascade: co-attention cascade; None gives the bi-encoder baseline.
         d_model: token width D after projection when there is no cascade (a cascade sets its own).
         embed_dim: width E of the joint embedding space.
-        pool: ``attention`` (MCAN AttFlat) or ``mean``.
+        pool: ``attention`` (MCAN AttFlat), ``attention_mass`` (AttFlat and the mass of what it
+            attends to, which counts: ``AttentionPool(mass=True)``) or ``mean``.
         pair_chunk: pairs per cascade pass when scoring many pairs (memory budget).
         audio_positions: time-position code added to the projected audio tokens (index = window *
             frames + frame): ``sinusoidal``, ``learned`` or ``none``. Projected CLAP frames carry no
@@ -103,7 +104,7 @@ class AudioTextMatcher(nn.Module):
         cascade: Cascade | None = None,
         d_model: int = 512,
         embed_dim: int = 512,
-        pool: Literal["attention", "mean"] = "attention",
+        pool: Literal["attention", "attention_mass", "mean"] = "attention",
         pair_chunk: int = 1024,
         audio_positions: Literal["sinusoidal", "learned", "none"] = "sinusoidal",
         audio_max_positions: int = 4096,
@@ -122,9 +123,9 @@ class AudioTextMatcher(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(text_encoder.dim, width), nn.LayerNorm(width))
         self.audio_positions = TokenPositions(width, audio_positions, audio_max_positions)
         make_pool = (
-            (lambda: AttentionPool(width, embed_dim))
-            if pool == "attention"
-            else (lambda: MaskedMeanPool(width, embed_dim))
+            (lambda: MaskedMeanPool(width, embed_dim))
+            if pool == "mean"
+            else (lambda: AttentionPool(width, embed_dim, mass=pool == "attention_mass"))
         )
         self.text_pool, self.audio_pool = make_pool(), make_pool()
         self.pair_chunk = pair_chunk

@@ -64,16 +64,55 @@ def test_units_ignore_padding(unit_cls):
         assert torch.allclose(out[b, : int(xm[b].sum())], ref[b, : int(xm[b].sum())], atol=1e-10)
 
 
-@pytest.mark.parametrize("pool_cls", [AttentionPool, MaskedMeanPool])
-def test_pools_ignore_padding(pool_cls):
+POOLS = {
+    "attention": lambda: AttentionPool(D, 8),
+    "attention_mass": lambda: AttentionPool(D, 8, glimpses=2, mass=True),
+    "mean": lambda: MaskedMeanPool(D, 8),
+}
+
+
+@pytest.mark.parametrize("name", POOLS)
+def test_pools_ignore_padding(name):
     torch.manual_seed(0)
-    pool = pool_cls(D, 8).eval()
+    pool = POOLS[name]().eval()
     x, m = seqs(3, 5, [5, 1, 3], 3)
     xp, mp = padded(x, m, 4)
     assert torch.allclose(pool(x, m), pool(xp, mp), atol=1e-10)
-    if pool_cls is AttentionPool:
+    if isinstance(pool, AttentionPool):
         w = pool.weights(xp, mp)
-        assert torch.allclose(w.sum(1), torch.ones(3, 1)) and (w[~mp] == 0).all()
+        assert torch.allclose(w.sum(1), torch.ones(3, pool.mlp[-1].out_features)) and (w[~mp] == 0).all()
+
+
+def test_attention_mass_counts_what_attention_cannot():
+    """Two "barks" among four tokens against three: AttFlat's softmax gives the bark vector both
+    times; the mass glimpse gives σ(10)·n/4 of it. Scores are set by hand: 20·x₀ − 10."""
+    bark = torch.zeros(D)
+    bark[0], bark[1] = 1.0, 3.0  # scored +10
+    quiet = torch.zeros(D)
+    quiet[2] = 1.0  # scored -10
+    for mass in (False, True):
+        pool = AttentionPool(D, 2 * D if mass else D, hidden=4, mass=mass).eval()
+        with torch.no_grad():
+            pool.mlp[0].weight.zero_(), pool.mlp[0].bias.zero_(), pool.mlp[0].weight[0, 0].fill_(1.0)
+            pool.mlp[-1].weight.zero_(), pool.mlp[-1].weight[0, 0].fill_(20.0), pool.mlp[-1].bias.fill_(-10.0)
+            pool.merge.weight.copy_(torch.eye(pool.merge.in_features)), pool.merge.bias.zero_()
+        out = {
+            n: pool(torch.stack([bark] * n + [quiet] * (4 - n))[None], torch.ones(1, 4, dtype=torch.bool))[0]
+            for n in (2, 3)
+        }
+        for n in (2, 3):
+            assert torch.allclose(out[n][:D], bark, atol=1e-6)  # the softmax reading: count-blind
+        if mass:
+            on, off = torch.sigmoid(torch.tensor([10.0, -10.0], dtype=bark.dtype))
+            for n in (2, 3):
+                assert torch.allclose(out[n][D:], (n * on * bark + (4 - n) * off * quiet) / 4, atol=1e-10)
+            assert (out[3] - out[2]).abs().max() > 0.2
+
+
+def test_matcher_with_attention_mass_pools():
+    matcher = AudioTextMatcher(StubEncoder(D), StubEncoder(D), d_model=D, embed_dim=8, pool="attention_mass")
+    assert matcher.audio_pool.mass and matcher.text_pool.mass
+    assert matcher.audio_pool.merge.in_features == 2 * D
 
 
 def ref_attention(mha, x, y, y_mask):

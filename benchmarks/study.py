@@ -41,6 +41,7 @@ ORDER_COUNT = BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES
 COUNT_BOTH = ["--config", "configs/demo_variants/count_negatives_both.yaml"]
 ORDER_COUNT_BOTH = BOTH_ORDER_NEGATIVES + COUNT_BOTH
 LONG = ["--config", "configs/demo_variants/long.yaml"]
+POOL_MASS_BOTH = ["--model.matcher.init_args.pool_mass", "both"]
 FULL_PAIRS = ["--model.train_pairs", "full"]
 AUDIO_LEAD = ["--model.matcher.init_args.cascade.init_args.lead", "audio"]
 TEXT_FINETUNE = ["--config", "configs/demo_variants/text_finetune.yaml"]  # MiniLM not frozen
@@ -122,12 +123,14 @@ RUNS: dict[str, list[str]] = {
     # (mostly the twins): do twin clips met as in-batch negatives move the counts at this budget?
     **each_head("_long_order_count_both_negatives_text_top2_lr1e-4_hard_batches", *LR_1E4, *HARD_BATCHES),
     # the 1e-4 recipe with pools that also read how much of what they attend to there is
-    # (configs/demo_variants/attention_mass.yaml): AttFlat's softmax mean cannot count; can this?
+    # (AttFlat's softmax mean cannot count; can this?): both pools, then the audio pool alone
+    # (configs/demo_variants/pool_mass.yaml)
+    **each_head("_long_order_count_both_negatives_text_top2_lr1e-4_pool_mass_both", *LR_1E4, *POOL_MASS_BOTH),
     **each_head(
-        "_long_order_count_both_negatives_text_top2_lr1e-4_attention_mass",
+        "_long_order_count_both_negatives_text_top2_lr1e-4_pool_mass",
         *LR_1E4,
         "--config",
-        "configs/demo_variants/attention_mass.yaml",
+        "configs/demo_variants/pool_mass.yaml",
     ),
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG

@@ -73,8 +73,10 @@ class AudioTextMatcher(nn.Module):
         cascade: co-attention cascade; None gives the bi-encoder baseline.
         d_model: token width D after projection when there is no cascade (a cascade sets its own).
         embed_dim: width E of the joint embedding space.
-        pool: ``attention`` (MCAN AttFlat), ``attention_mass`` (AttFlat and the mass of what it
-            attends to, which counts: ``AttentionPool(mass=True)``) or ``mean``.
+        pool: ``attention`` (MCAN AttFlat) or ``mean``.
+        pool_mass: which attention pools also read how much of what they attend to there is
+            (``AttentionPool(mass=True)``: AttFlat's softmax mean is the same for two barks as for
+            three): ``none``, ``audio`` (counting is about the sound) or ``both``.
         pair_chunk: pairs per cascade pass when scoring many pairs (memory budget).
         audio_positions: time-position code added to the projected audio tokens (index = window *
             frames + frame): ``sinusoidal``, ``learned`` or ``none``. Projected CLAP frames carry no
@@ -94,7 +96,7 @@ class AudioTextMatcher(nn.Module):
             made before the share existed) mean 1 and 0.
 
     Raises:
-        ModelError: If ``recompute`` lies outside [0, 1].
+        ModelError: If ``recompute`` lies outside [0, 1], or ``pool_mass`` is set with mean pools.
     """
 
     def __init__(
@@ -104,7 +106,8 @@ class AudioTextMatcher(nn.Module):
         cascade: Cascade | None = None,
         d_model: int = 512,
         embed_dim: int = 512,
-        pool: Literal["attention", "attention_mass", "mean"] = "attention",
+        pool: Literal["attention", "mean"] = "attention",
+        pool_mass: Literal["none", "audio", "both"] = "none",
         pair_chunk: int = 1024,
         audio_positions: Literal["sinusoidal", "learned", "none"] = "sinusoidal",
         audio_max_positions: int = 4096,
@@ -116,6 +119,11 @@ class AudioTextMatcher(nn.Module):
                 f"model.matcher recompute must lie in [0, 1] (the share of pair chunks recomputed in "
                 f"backward: 0 none, 1 all), got {recompute}"
             )
+        if pool == "mean" and pool_mass != "none":
+            raise ModelError(
+                f"model.matcher pool_mass: {pool_mass} needs attention pools (the mass is that of an "
+                "attention map); set pool: attention or pool_mass: none"
+            )
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
         width = cascade.dim if cascade is not None else d_model
@@ -123,11 +131,11 @@ class AudioTextMatcher(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(text_encoder.dim, width), nn.LayerNorm(width))
         self.audio_positions = TokenPositions(width, audio_positions, audio_max_positions)
         make_pool = (
-            (lambda: MaskedMeanPool(width, embed_dim))
+            (lambda mass: MaskedMeanPool(width, embed_dim))
             if pool == "mean"
-            else (lambda: AttentionPool(width, embed_dim, mass=pool == "attention_mass"))
+            else (lambda mass: AttentionPool(width, embed_dim, mass=mass))
         )
-        self.text_pool, self.audio_pool = make_pool(), make_pool()
+        self.text_pool, self.audio_pool = make_pool(pool_mass == "both"), make_pool(pool_mass != "none")
         self.pair_chunk = pair_chunk
         self.recompute, self.recompute_chunk = float(recompute), recompute_chunk
 

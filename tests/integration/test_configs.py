@@ -112,11 +112,14 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "audio_tokens_160ms.yaml": IteratingCascade,
         "text_finetune.yaml": IteratingCascade,
         "text_finetune_top2.yaml": IteratingCascade,
-        "attention_mass.yaml": IteratingCascade,
+        "pool_mass.yaml": IteratingCascade,
     }
     assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))
     assert model.matcher.audio_encoder.pool_frames == (8 if variant == "audio_tokens_160ms.yaml" else 16)
-    assert model.matcher.audio_pool.mass == model.matcher.text_pool.mass == (variant == "attention_mass.yaml")
+    assert (model.matcher.audio_pool.mass, model.matcher.text_pool.mass) == (
+        variant == "pool_mass.yaml",
+        False,
+    )
     assert model.objective.text_rewrites == {
         "order_negatives.yaml": ["order"],
         "count_negatives.yaml": ["count"],

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from lacoat.errors import ModelError
 from lacoat.models.attention import GuidedAttention, SelfAttention
 from lacoat.models.cascade import IteratingCascade, SingleCascade, StackingCascade
 from lacoat.models.matcher import AudioTextMatcher, Tokens
@@ -109,10 +110,18 @@ def test_attention_mass_counts_what_attention_cannot():
             assert (out[3] - out[2]).abs().max() > 0.2
 
 
-def test_matcher_with_attention_mass_pools():
-    matcher = AudioTextMatcher(StubEncoder(D), StubEncoder(D), d_model=D, embed_dim=8, pool="attention_mass")
-    assert matcher.audio_pool.mass and matcher.text_pool.mass
-    assert matcher.audio_pool.merge.in_features == 2 * D
+@pytest.mark.parametrize(
+    "pool_mass, audio, text", [("none", False, False), ("audio", True, False), ("both", True, True)]
+)
+def test_matcher_pool_mass(pool_mass, audio, text):
+    matcher = AudioTextMatcher(StubEncoder(D), StubEncoder(D), d_model=D, embed_dim=8, pool_mass=pool_mass)
+    assert (matcher.audio_pool.mass, matcher.text_pool.mass) == (audio, text)
+    assert matcher.audio_pool.merge.in_features == (2 if audio else 1) * D
+
+
+def test_pool_mass_needs_attention_pools():
+    with pytest.raises(ModelError, match="pool_mass: audio needs attention pools"):
+        AudioTextMatcher(StubEncoder(D), StubEncoder(D), d_model=D, pool="mean", pool_mass="audio")
 
 
 def ref_attention(mha, x, y, y_mask):

@@ -130,11 +130,14 @@ class AudioTextMatcher(nn.Module):
         self.audio_proj = nn.Sequential(nn.Linear(audio_encoder.dim, width), nn.LayerNorm(width))
         self.text_proj = nn.Sequential(nn.Linear(text_encoder.dim, width), nn.LayerNorm(width))
         self.audio_positions = TokenPositions(width, audio_positions, audio_max_positions)
-        make_pool = (
-            (lambda mass: MaskedMeanPool(width, embed_dim))
-            if pool == "mean"
-            else (lambda mass: AttentionPool(width, embed_dim, mass=mass))
-        )
+
+        def make_pool(mass: bool) -> nn.Module:
+            return (
+                MaskedMeanPool(width, embed_dim)
+                if pool == "mean"
+                else AttentionPool(width, embed_dim, mass=mass)
+            )
+
         self.text_pool, self.audio_pool = make_pool(pool_mass == "both"), make_pool(pool_mass != "none")
         self.pair_chunk = pair_chunk
         self.recompute, self.recompute_chunk = float(recompute), recompute_chunk

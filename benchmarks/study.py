@@ -41,6 +41,7 @@ ORDER_COUNT = BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES
 COUNT_BOTH = ["--config", "configs/demo_variants/count_negatives_both.yaml"]
 ORDER_COUNT_BOTH = BOTH_ORDER_NEGATIVES + COUNT_BOTH
 LONG = ["--config", "configs/demo_variants/long.yaml"]
+SEVEN_EPOCHS = ["--trainer.max_epochs", "7"]  # after LONG: the whole of a 30-minute quiet fit
 POOL_MASS_BOTH = ["--model.matcher.init_args.pool_mass", "both"]
 POOL_MASS = ["--config", "configs/demo_variants/pool_mass.yaml"]  # the audio pool alone
 FULL_PAIRS = ["--model.train_pairs", "full"]
@@ -101,9 +102,7 @@ RUNS: dict[str, list[str]] = {
     # the same with the text model's top layers trained at 1e-4 instead of 3e-5: is order learnt sooner?
     **each_head("_long_order_count_both_negatives_text_top2_lr1e-4", *LR_1E4),
     # the same with 7 epochs (2,184 steps) instead of 6: about the whole budget of a 30-minute quiet fit
-    **each_head(
-        "_long_order_count_both_negatives_text_top2_lr1e-4_7epochs", *LR_1E4, "--trainer.max_epochs", "7"
-    ),
+    **each_head("_long_order_count_both_negatives_text_top2_lr1e-4_7epochs", *LR_1E4, *SEVEN_EPOCHS),
     # the 1e-4 recipe with every count change of a caption as a negative of its clip (up to 4: each
     # stated count one up and one down) rather than one: are counts among several sounds learnt then?
     **each_head(
@@ -134,8 +133,7 @@ RUNS: dict[str, list[str]] = {
         "_long_order_count_both_negatives_text_top2_lr1e-4_pool_mass_7epochs",
         *LR_1E4,
         *POOL_MASS,
-        "--trainer.max_epochs",
-        "7",
+        *SEVEN_EPOCHS,
     ),
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG

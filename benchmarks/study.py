@@ -7,6 +7,9 @@ a cascade run is also tested two-stage with score fusion (``fused``: ``s_co + α
 Results (test metrics of both modes, fit seconds) accumulate in ``benchmarks/study.json``; ``--table``
 prints the README's table of mean ± sd over seeds. A finished run/seed is not run again (delete its
 entry to redo it). Runs take minutes each on 2 CPU cores: this is an experiment, not a test.
+``--results benchmarks/study_quiet.json`` keeps another protocol apart: the same runs fitted one at a
+time on the quiet machine with torch's default threads (the issue's "30 minutes on 2 quiet cores"),
+where the main file's longer runs were mostly fitted two or three at a time with one thread each.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
+# --results: another protocol's file (its runs under runs/<its stem>)
 RESULTS = REPO / "benchmarks" / "study.json"
 LACOAT = str(Path(sys.executable).parent / "lacoat")
 HEADS = {
@@ -161,8 +165,8 @@ KEYS = [
 class Run:
     """One run and seed of the study: its folder and the ``lacoat`` commands it is made with."""
 
-    def __init__(self, name: str, seed: int) -> None:
-        self.name, self.root = name, REPO / "runs" / "study" / name / f"seed{seed}"
+    def __init__(self, name: str, seed: int, runs: Path) -> None:
+        self.name, self.root = name, runs / name / f"seed{seed}"
         self.args = [
             "--config",
             "configs/demo.yaml",
@@ -246,18 +250,16 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _twin_comparisons(names: list[str]) -> tuple[pd.DataFrame, int, dict[str, dict]]:
-    """Every twin comparison of these runs' seeds whose exhaustive test wrote them (with ``win``,
-    ``bi_win`` and ``events``: 1 or 2–3 in the caption's clip), how many tables, and the test
-    split's clip specifications by file name."""
+def _twin_comparisons(names: list[str], runs: Path) -> tuple[pd.DataFrame, int, dict[str, dict]]:
+    """Every twin comparison of these runs' seeds (their folders under ``runs``) whose exhaustive test
+    wrote them (with ``win``, ``bi_win`` and ``events``: 1 or 2–3 in the caption's clip), how many
+    tables, and the test split's clip specifications by file name."""
     from lacoat.data.twins import read_twin_manifest
 
     specs = {s["file_name"]: s for s in read_twin_manifest(REPO / "data" / "synthcaps", "evaluation") or []}
     tables = []
     for name in names:
-        for path in sorted(
-            (REPO / "runs" / "study" / name).glob("seed*/checkpoints/*/test_twins_exhaustive.csv")
-        ):
+        for path in sorted((runs / name).glob("seed*/checkpoints/*/test_twins_exhaustive.csv")):
             t = pd.read_csv(path, keep_default_na=False).assign(run=name)
             t["events"] = ["1" if len(specs[f]["events"]) == 1 else "2–3" for f in t["file_name"]]
             t["win"] = t["own_score"] > t["twin_score"]
@@ -266,13 +268,13 @@ def _twin_comparisons(names: list[str]) -> tuple[pd.DataFrame, int, dict[str, di
     return (pd.concat(tables) if tables else pd.DataFrame()), len(tables), specs
 
 
-def twins_by_events(names: list[str]) -> str:
+def twins_by_events(names: list[str], runs: Path) -> str:
     """Markdown table: each run's twin win rates (co-attention, and ``bi`` its bi-encoder) per change,
     for clips of one event and of two or three, mean over the seeds whose exhaustive test wrote its
     comparisons (``test_twins_exhaustive.csv``); ``n`` is comparisons per seed."""
     lines = ["| run | seeds | change | events | n | win | bi win |", "|---" * 7 + "|"]
     for name in names:
-        every, seeds, _ = _twin_comparisons([name])
+        every, seeds, _ = _twin_comparisons([name], runs)
         for (change, n_events), group in every.groupby(["change", "events"]) if seeds else []:
             n = len(group) // seeds
             lines.append(
@@ -282,11 +284,11 @@ def twins_by_events(names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def count_twin_pairs(names: list[str]) -> str:
+def count_twin_pairs(names: list[str], runs: Path) -> str:
     """Markdown table: each count twin pair of the test split (A and its twin B) both ways — how often
     the captions of A score A above B, and those of B score B above A — pooled over these runs'
     seeds. A pair whose two rates are far apart is decided by the clips, not by the stated counts."""
-    every, seeds, specs = _twin_comparisons(names)
+    every, seeds, specs = _twin_comparisons(names, runs)
     lines = [
         f"| clip A / twin B ({seeds} tests) | events | counted | count A → B | A's captions win "
         "| B's captions win |",
@@ -345,28 +347,35 @@ def main() -> None:
         metavar="RUN",
         help="print each count twin pair's win rates both ways, pooled over these runs",
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="results file of the protocol (default benchmarks/study.json); runs go to runs/<its stem>",
+    )
     args = parser.parse_args()
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    path, runs = args.results, REPO / "runs" / args.results.stem
+    results = json.loads(path.read_text()) if path.is_file() else {}
     for name in args.runs:
         for seed in args.seeds:
             done = results.get(name, {}).get(str(seed))
             if done is None:
                 print(f"{name} seed {seed} ...", flush=True)
-                out = Run(name, seed).fit_and_test(fusion=not args.no_fusion)
+                out = Run(name, seed, runs).fit_and_test(fusion=not args.no_fusion)
             elif args.fuse and "fused" not in done and "test_bi/t2a_mAP@10" in done["rerank"]:
                 print(f"{name} seed {seed}: fusion ...", flush=True)
-                out = done | {"fused": Run(name, seed).fused()}
+                out = done | {"fused": Run(name, seed, runs).fused()}
             else:
                 continue
-            results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}  # runs may go in parallel
+            results = json.loads(path.read_text()) if path.is_file() else {}  # runs may go in parallel
             results.setdefault(name, {})[str(seed)] = out
-            RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+            path.write_text(json.dumps(results, indent=1) + "\n")
     if args.table:
         print(table(results))
     if args.twins:
-        print(twins_by_events(args.twins))
+        print(twins_by_events(args.twins, runs))
     if args.count_pairs:
-        print(count_twin_pairs(args.count_pairs))
+        print(count_twin_pairs(args.count_pairs, runs))
 
 
 if __name__ == "__main__":

@@ -326,6 +326,11 @@ def count_twin_pairs(names: list[str], runs: Path) -> str:
     return "\n".join(lines)
 
 
+def load(path: Path) -> dict:
+    """The results in ``path`` (run → seed → figures); empty before the first run."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="*", choices=[*RUNS, []], help="runs to do (see RUNS)")
@@ -355,7 +360,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     path, runs = args.results, REPO / "runs" / args.results.stem
-    results = json.loads(path.read_text()) if path.is_file() else {}
+    results = load(path)
     for name in args.runs:
         for seed in args.seeds:
             done = results.get(name, {}).get(str(seed))
@@ -367,7 +372,7 @@ def main() -> None:
                 out = done | {"fused": Run(name, seed, runs).fused()}
             else:
                 continue
-            results = json.loads(path.read_text()) if path.is_file() else {}  # runs may go in parallel
+            results = load(path)  # runs may go in parallel
             results.setdefault(name, {})[str(seed)] = out
             path.write_text(json.dumps(results, indent=1) + "\n")
     if args.table:

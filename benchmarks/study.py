@@ -139,6 +139,22 @@ RUNS: dict[str, list[str]] = {
         *POOL_MASS,
         *SEVEN_EPOCHS,
     ),
+    # the same with each training clip read from a random start within its leading quiet (up to one
+    # 0.32-s token): a 50-ms shift moves a trained model's scores as much as a count does
+    **each_head(
+        "_long_order_count_both_negatives_text_top2_lr1e-4_pool_mass_7epochs_shift",
+        *LR_1E4,
+        *POOL_MASS,
+        *SEVEN_EPOCHS,
+        "--config",
+        "configs/demo_variants/train_shift.yaml",
+    ),
+    # the pool_mass recipe at the demo budget (2 epochs, 624 steps): does co-attention's margin over the
+    # bi-encoder trained the same way show at the demo's step count?
+    **{
+        f"{head}_order_count_both_negatives_text_top2_lr1e-4_pool_mass": args + LR_1E4 + POOL_MASS
+        for head, args in HEADS.items()
+    },
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
     + COUNT_BOTH_TOP2

@@ -116,6 +116,10 @@ class RetrievalDataModule(L.LightningDataModule):
         max_train_windows: windows per training clip (a random run of them); None keeps all.
         max_eval_windows: windows per evaluation clip (the first ones); None keeps all.
         min_last_window: drop a trailing partial window shorter than this fraction of a window.
+        train_shift_seconds: each time a training clip is read, start it up to this much later, at
+            random, skipping only samples of its leading quiet stretch (never a sound), so its sounds
+            fall on another grid of audio tokens; 0 (the default) reads clips as they are. Needs
+            waveforms (not with cached audio features).
         on_bad_audio: ``error`` stops on a missing, corrupt, empty or undecodable file (missing ones are
             tolerated up to the source's ``max_missing_fraction``), naming it; ``skip`` leaves such
             clips out, at setup or when a batch meets them, counts them and lists them in the run's
@@ -155,6 +159,7 @@ class RetrievalDataModule(L.LightningDataModule):
         max_train_windows: int | None = None,
         max_eval_windows: int | None = None,
         min_last_window: float = 0.0,
+        train_shift_seconds: float = 0.0,
         on_bad_audio: Policy = "error",
         on_bad_caption: Policy = "error",
         max_caption_chars: int | None = 1000,
@@ -175,7 +180,11 @@ class RetrievalDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        self.train_loader = AudioLoader(sample_rate, window_seconds, max_train_windows, min_last_window)
+        if train_shift_seconds < 0:
+            raise DataError(f"train_shift_seconds must be 0 or more, got {train_shift_seconds}")
+        self.train_loader = AudioLoader(
+            sample_rate, window_seconds, max_train_windows, min_last_window, train_shift_seconds
+        )
         self.eval_loader = AudioLoader(sample_rate, window_seconds, max_eval_windows, min_last_window)
         self.on_bad_audio = on_bad_audio
         self.on_bad_caption = on_bad_caption
@@ -340,6 +349,12 @@ class RetrievalDataModule(L.LightningDataModule):
                 loader.min_last_window,
             )
             self.tokens_per_window = audio_encoder.tokens_per_window
+            if self.train_loader.max_shift_seconds > 0:
+                raise DataError(
+                    "data.train_shift_seconds shifts training waveforms, and data.feature_cache serves "
+                    "the audio encoder's outputs instead; set train_shift_seconds to 0 or remove "
+                    "data.feature_cache."
+                )
             cuts = self.train_loader.max_windows is not None or self.eval_loader.max_windows is not None
             if cuts and not getattr(audio_encoder, "window_local", False):
                 raise DataError(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from lacoat.audio_edits import sounding_runs
 from lacoat.data.audio import AudioWindows, cut_windows, read_audio
 from lacoat.data.features import CachedFeatures
 from lacoat.data.table import Policy
@@ -30,21 +31,45 @@ class AudioLoader:
         window_seconds: window length (s).
         max_windows: windows kept per clip; None keeps all.
         min_last_window: drop a trailing partial window shorter than this fraction of a window.
+        max_shift_seconds: with an ``rng`` (training), start the clip up to this much later, skipping
+            samples of its leading quiet stretch only (``quiet_lead``), so its sounds fall on another
+            token grid each time it is read; 0 reads every clip from its first sample.
     """
 
     sample_rate: int
     window_seconds: float
     max_windows: int | None = None
     min_last_window: float = 0.0
+    max_shift_seconds: float = 0.0
 
     @property
     def window_samples(self) -> int:
         return round(self.sample_rate * self.window_seconds)
 
+    @property
+    def random(self) -> bool:
+        """Whether reading a clip draws from an ``rng`` (a random run of windows, a random start)."""
+        return self.max_windows is not None or self.max_shift_seconds > 0
+
     def load(self, path: str, rng: np.random.Generator | None = None) -> AudioWindows:
-        """Read ``path`` into ``AudioWindows``; ``rng`` picks a random run of windows (training)."""
+        """Read ``path`` into ``AudioWindows``; ``rng`` (training) picks a random start within the
+        leading quiet (``max_shift_seconds``), then a random run of windows."""
         wave = read_audio(path, self.sample_rate)
+        if rng is not None and self.max_shift_seconds > 0:
+            most = min(round(self.max_shift_seconds * self.sample_rate), quiet_lead(wave, self.sample_rate))
+            wave = wave[int(rng.integers(0, most + 1)) :]
         return cut_windows(wave, self.window_samples, self.max_windows, self.min_last_window, rng)
+
+
+def quiet_lead(wave: np.ndarray, sample_rate: int) -> int:
+    """Samples before the first sounding 10-ms frame (``lacoat.audio_edits.sounding_runs``): what a
+    training read may skip without cutting into a sound. 0 for a clip without a quiet start.
+
+    Shape:
+        wave: ``[T]``.
+    """
+    runs = sounding_runs(torch.from_numpy(wave), max(1, sample_rate // 100))
+    return runs[0][0] if runs else 0
 
 
 class PairDataset(Dataset):
@@ -56,7 +81,7 @@ class PairDataset(Dataset):
         loader: audio reader.
         on_bad_audio: ``skip`` returns a marker ``{"skipped": path, "reason": message}`` for an
             unreadable clip (``collate`` drops it from the batch and lists it); ``error`` raises.
-        seed: seed of the random window choice.
+        seed: seed of the random window choice and start shift.
         features: cached encoder outputs to serve instead of audio and/or text (``lacoat extract``).
     """
 
@@ -79,9 +104,10 @@ class PairDataset(Dataset):
         self.generator = torch.Generator().manual_seed(seed)  # used in the main process (no workers)
 
     def _rng(self) -> np.random.Generator | None:
-        """Random source for window choice: a worker's torch RNG (seeded by the DataLoader's
-        generator) or, without workers, this dataset's own generator. Both follow from the seed."""
-        if self.loader.max_windows is None:
+        """Random source for window choice and start shift: a worker's torch RNG (seeded by the
+        DataLoader's generator) or, without workers, this dataset's own generator. Both follow from
+        the seed."""
+        if not self.loader.random:
             return None
         in_worker = torch.utils.data.get_worker_info() is not None
         draw = torch.randint(0, 2**31 - 1, (1,), generator=None if in_worker else self.generator)

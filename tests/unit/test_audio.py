@@ -95,3 +95,41 @@ def test_truncated_wav_data_is_an_error_or_short(tmp_path):
         assert "cut.wav" in str(err)
     else:
         assert len(wave) < 16000
+
+
+def quiet_then_burst(path, lead_s: float, sr: int = 16000) -> np.ndarray:
+    """``lead_s`` of faint noise, then 0.5 s of a loud tone, then faint noise; written to ``path``."""
+    rng = np.random.default_rng(0)
+    wave = rng.standard_normal(2 * sr).astype(np.float32) * 0.003
+    start = int(lead_s * sr)
+    wave[start : start + sr // 2] += 0.5 * np.sin(2 * np.pi * 440 * np.arange(sr // 2) / sr)
+    sf.write(str(path), wave, sr, subtype="FLOAT")
+    return wave
+
+
+def test_training_start_shift_skips_only_the_quiet_lead(tmp_path):
+    from lacoat.data.datasets import AudioLoader, quiet_lead
+
+    sr = 16000
+    wave = quiet_then_burst(tmp_path / "a.wav", lead_s=0.1)
+    lead = quiet_lead(read_audio(tmp_path / "a.wav", sr), sr)
+    assert int(0.09 * sr) <= lead <= int(0.1 * sr)  # the 10-ms frame holding the onset is sounding
+    loader = AudioLoader(sr, 4.0, max_shift_seconds=0.32)
+    skipped = set()
+    for seed in range(40):
+        w = loader.load(str(tmp_path / "a.wav"), np.random.default_rng(seed))
+        n = int(w.valid_samples.sum())
+        skipped.add(len(wave) - n)
+        np.testing.assert_allclose(w.waveform.reshape(-1)[:n], wave[len(wave) - n :], atol=1e-6)
+    assert max(skipped) <= lead  # never into the tone, though 0.32 s were allowed
+    assert min(skipped) < 0.2 * lead and max(skipped) > 0.8 * lead  # the whole quiet lead is used
+    assert len(skipped) > 20  # a random start each read
+    # evaluation (no rng) and the default (no shift) read the clip from its first sample
+    assert loader.load(str(tmp_path / "a.wav")).valid_samples.sum() == len(wave)
+    plain = AudioLoader(sr, 4.0)
+    assert plain.load(str(tmp_path / "a.wav"), np.random.default_rng(0)).valid_samples.sum() == len(wave)
+    # a longer quiet lead: the shift stops at max_shift_seconds
+    quiet_then_burst(tmp_path / "b.wav", lead_s=0.8)
+    reads = [loader.load(str(tmp_path / "b.wav"), np.random.default_rng(s)) for s in range(40)]
+    most = max(len(wave) - int(w.valid_samples.sum()) for w in reads)
+    assert int(0.28 * sr) < most <= int(0.32 * sr)

@@ -217,3 +217,18 @@ def test_missing_split_for_own_data(tmp_path):
 def test_pinned_memory_follows_cuda(synthcaps):
     assert make_dm(synthcaps).pin_memory == torch.cuda.is_available()
     assert np.isclose(make_dm(synthcaps).train_loader.window_samples, 32000)
+
+
+def test_training_start_shift_is_random_per_read_and_deterministic(synthcaps):
+    def first_batch(seed, shift):
+        dm = make_dm(synthcaps, seed=seed, train_shift_seconds=shift)
+        dm.setup("fit")
+        return next(iter(dm.train_dataloader()))
+
+    a, b, plain = first_batch(1, 0.3), first_batch(1, 0.3), first_batch(1, 0.0)
+    assert a["captions"] == b["captions"] == plain["captions"]  # the shift leaves batches alone
+    assert torch.equal(a["audio"], b["audio"])
+    shorter = a["audio_valid"].sum(1) < plain["audio_valid"].sum(1)
+    assert shorter.any() and (a["audio_valid"].sum(1) <= plain["audio_valid"].sum(1)).all()
+    with pytest.raises(DataError, match="train_shift_seconds"):
+        make_dm(synthcaps, train_shift_seconds=-0.1)

@@ -113,8 +113,11 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "text_finetune.yaml": IteratingCascade,
         "text_finetune_top2.yaml": IteratingCascade,
         "pool_mass.yaml": IteratingCascade,
+        "train_shift.yaml": IteratingCascade,
     }
     assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))
+    assert data.train_loader.max_shift_seconds == (0.32 if variant == "train_shift.yaml" else 0.0)
+    assert data.eval_loader.max_shift_seconds == 0.0
     assert model.matcher.audio_encoder.pool_frames == (8 if variant == "audio_tokens_160ms.yaml" else 16)
     assert (model.matcher.audio_pool.mass, model.matcher.text_pool.mass) == (
         variant == "pool_mass.yaml",

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lacoat.audio_edits import recount
+from lacoat.audio_edits import frame_samples, recount
 from lacoat.data.audio import cut_windows, read_audio
 from lacoat.data.twins import read_twin_manifest
 from lacoat.models.matcher import Tokens
@@ -36,7 +36,7 @@ SHIFT_S = 0.05
 
 def variants(wave: np.ndarray, sample_rate: int) -> dict[str, np.ndarray | None]:
     """The clip's count edits and time shifts (None where ``recount`` cannot make the edit)."""
-    n, frame = int(SHIFT_S * sample_rate), sample_rate // 100
+    n, frame = int(SHIFT_S * sample_rate), frame_samples(sample_rate)
     real = torch.from_numpy(wave)
     more, fewer = recount(real, frame, more=True), recount(real, frame, more=False)
     return {

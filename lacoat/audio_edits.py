@@ -25,6 +25,11 @@ AudioEdit = Callable[[Tensor, int], "Tensor | None"]  # real samples [T], frame 
 TokenEdit = Callable[[Tensor, Tensor], Tensor]  # tokens [B, T, D], mask [B, T] -> tokens [B, T, D]
 
 
+def frame_samples(sample_rate: int) -> int:
+    """Samples in one 10-ms frame, the unit the edits find sounds and pauses in."""
+    return max(1, sample_rate // 100)
+
+
 def sounding_runs(wave: Tensor, frame: int, quiet: float = 0.05) -> list[tuple[int, int]]:
     """The runs of loud frames, ``(start, end)`` in samples (end exclusive), in time order.
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lacoat.audio_edits import sounding_runs
+from lacoat.audio_edits import frame_samples, sounding_runs
 from lacoat.data.audio import AudioWindows, cut_windows, read_audio
 from lacoat.data.features import CachedFeatures
 from lacoat.data.table import Policy
@@ -68,7 +68,7 @@ def quiet_lead(wave: np.ndarray, sample_rate: int) -> int:
     Shape:
         wave: ``[T]``.
     """
-    runs = sounding_runs(torch.from_numpy(wave), max(1, sample_rate // 100))
+    runs = sounding_runs(torch.from_numpy(wave), frame_samples(sample_rate))
     return runs[0][0] if runs else 0
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lacoat.audio_edits import Edit, edit_windows
+from lacoat.audio_edits import Edit, edit_windows, frame_samples
 from lacoat.errors import ModelError
 from lacoat.models.cascade import Cascade, Side
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
@@ -184,7 +184,7 @@ class AudioTextMatcher(nn.Module):
                 for e, t, m in zip(edits, tokens, mask, strict=True)
             ]
             return self.project_audio(torch.stack(edited) if edited else tokens, mask), done
-        frame = max(1, self.audio_encoder.sample_rate // 100)  # 10-ms frames
+        frame = frame_samples(self.audio_encoder.sample_rate)
         audio, done = edit_windows(batch["audio"], batch["audio_valid"], [e.wave for e in edits], frame)
         return self.encode_audio(audio, batch["audio_valid"]), done.to(audio.device)
 

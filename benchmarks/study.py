@@ -149,10 +149,28 @@ RUNS: dict[str, list[str]] = {
         "--config",
         "configs/demo_variants/train_shift.yaml",
     ),
+    # the same with three attention maps in the audio pool, each with its own mass: among 2–3 sounds
+    # an added occurrence moved the one map's mass too little (benchmarks/count_sensitivity.py)
+    **each_head(
+        "_long_order_count_both_negatives_text_top2_lr1e-4_pool_mass_7epochs_shift_glimpses3",
+        *LR_1E4,
+        *POOL_MASS,
+        *SEVEN_EPOCHS,
+        "--config",
+        "configs/demo_variants/train_shift.yaml",
+        "--config",
+        "configs/demo_variants/audio_glimpses.yaml",
+    ),
     # the pool_mass recipe at the demo budget (2 epochs, 624 steps): does co-attention's margin over the
     # bi-encoder trained the same way show at the demo's step count?
     **{
         f"{head}_order_count_both_negatives_text_top2_lr1e-4_pool_mass": args + LR_1E4 + POOL_MASS
+        for head, args in HEADS.items()
+    },
+    # the demo recipe with the start shift (configs/demo_variants/train_shift.yaml), each head: the
+    # shift lifted the longer recipe's t2a by ~5 points; does it open co-attention's margin at 2 epochs?
+    **{
+        f"{head}_shift": args + ["--config", "configs/demo_variants/train_shift.yaml"]
         for head, args in HEADS.items()
     },
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens

@@ -77,6 +77,9 @@ class AudioTextMatcher(nn.Module):
         pool_mass: which attention pools also read how much of what they attend to there is
             (``AttentionPool(mass=True)``: AttFlat's softmax mean is the same for two barks as for
             three): ``none``, ``audio`` (counting is about the sound) or ``both``.
+        audio_glimpses: attention maps of the audio pool (MCAN AttFlat's glimpses, concatenated before
+            its linear merge): with several, each can attend to another sound of the clip and, with
+            ``pool_mass``, read that sound's own mass rather than one mass of everything attended.
         pair_chunk: pairs per cascade pass when scoring many pairs (memory budget).
         audio_positions: time-position code added to the projected audio tokens (index = window *
             frames + frame): ``sinusoidal``, ``learned`` or ``none``. Projected CLAP frames carry no
@@ -96,7 +99,8 @@ class AudioTextMatcher(nn.Module):
             made before the share existed) mean 1 and 0.
 
     Raises:
-        ModelError: If ``recompute`` lies outside [0, 1], or ``pool_mass`` is set with mean pools.
+        ModelError: If ``recompute`` lies outside [0, 1], ``audio_glimpses`` is below 1, or
+            ``pool_mass`` or several glimpses are set with mean pools.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class AudioTextMatcher(nn.Module):
         embed_dim: int = 512,
         pool: Literal["attention", "mean"] = "attention",
         pool_mass: Literal["none", "audio", "both"] = "none",
+        audio_glimpses: int = 1,
         pair_chunk: int = 1024,
         audio_positions: Literal["sinusoidal", "learned", "none"] = "sinusoidal",
         audio_max_positions: int = 4096,
@@ -124,6 +129,11 @@ class AudioTextMatcher(nn.Module):
                 f"model.matcher pool_mass: {pool_mass} needs attention pools (the mass is that of an "
                 "attention map); set pool: attention or pool_mass: none"
             )
+        if audio_glimpses < 1 or (pool == "mean" and audio_glimpses != 1):
+            raise ModelError(
+                f"model.matcher audio_glimpses must be a whole number >= 1 with attention pools (1 with "
+                f"pool: mean), got {audio_glimpses} with pool: {pool}"
+            )
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
         width = cascade.dim if cascade is not None else d_model
@@ -131,14 +141,15 @@ class AudioTextMatcher(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(text_encoder.dim, width), nn.LayerNorm(width))
         self.audio_positions = TokenPositions(width, audio_positions, audio_max_positions)
 
-        def make_pool(mass: bool) -> nn.Module:
+        def make_pool(mass: bool, glimpses: int = 1) -> nn.Module:
             return (
                 MaskedMeanPool(width, embed_dim)
                 if pool == "mean"
-                else AttentionPool(width, embed_dim, mass=mass)
+                else AttentionPool(width, embed_dim, glimpses=glimpses, mass=mass)
             )
 
-        self.text_pool, self.audio_pool = make_pool(pool_mass == "both"), make_pool(pool_mass != "none")
+        self.text_pool = make_pool(pool_mass == "both")
+        self.audio_pool = make_pool(pool_mass != "none", audio_glimpses)
         self.pair_chunk = pair_chunk
         self.recompute, self.recompute_chunk = float(recompute), recompute_chunk
 

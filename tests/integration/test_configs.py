@@ -114,6 +114,7 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         "text_finetune_top2.yaml": IteratingCascade,
         "pool_mass.yaml": IteratingCascade,
         "train_shift.yaml": IteratingCascade,
+        "audio_glimpses.yaml": IteratingCascade,
     }
     assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))
     assert data.train_loader.max_shift_seconds == (0.32 if variant == "train_shift.yaml" else 0.0)
@@ -123,6 +124,7 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
         variant == "pool_mass.yaml",
         False,
     )
+    assert model.matcher.audio_pool.mlp[-1].out_features == (3 if variant == "audio_glimpses.yaml" else 1)
     assert model.objective.text_rewrites == {
         "order_negatives.yaml": ["order"],
         "count_negatives.yaml": ["count"],

@@ -119,6 +119,26 @@ def test_matcher_pool_mass(pool_mass, audio, text):
     assert matcher.audio_pool.merge.in_features == (2 if audio else 1) * D
 
 
+@pytest.mark.parametrize("glimpses", [1, 3])
+def test_matcher_audio_glimpses(glimpses):
+    """Each glimpse is one attention map of the audio pool, and with pool_mass one mass reading more;
+    the text pool keeps one map."""
+    matcher = AudioTextMatcher(
+        StubEncoder(D), StubEncoder(D), d_model=D, embed_dim=8, pool_mass="audio", audio_glimpses=glimpses
+    )
+    assert matcher.audio_pool.mlp[-1].out_features == glimpses
+    assert matcher.audio_pool.merge.in_features == 2 * glimpses * D
+    assert matcher.text_pool.mlp[-1].out_features == 1
+    x, m = seqs(2, 5, [5, 3], 0)
+    assert matcher.embed_audio(Tokens(x, m)).shape == (2, 8)
+
+
+@pytest.mark.parametrize("glimpses, pool", [(0, "attention"), (2, "mean")])
+def test_audio_glimpses_rejected(glimpses, pool):
+    with pytest.raises(ModelError, match="audio_glimpses must be"):
+        AudioTextMatcher(StubEncoder(D), StubEncoder(D), d_model=D, pool=pool, audio_glimpses=glimpses)
+
+
 def test_pool_mass_needs_attention_pools():
     with pytest.raises(ModelError, match="pool_mass: audio needs attention pools"):
         AudioTextMatcher(StubEncoder(D), StubEncoder(D), d_model=D, pool="mean", pool_mass="audio")

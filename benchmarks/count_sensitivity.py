@@ -19,6 +19,7 @@ matter at all). Pooled over the checkpoints given. SynthCaps test split (``data/
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 from lacoat.audio_edits import frame_samples, recount
 from lacoat.data.audio import cut_windows, read_audio
 from lacoat.data.twins import read_twin_manifest
-from lacoat.models.matcher import Tokens
+from lacoat.models.matcher import AudioTextMatcher, Tokens
 from lacoat.retrieval.library import load_model
 
 SHIFT_S = 0.05
@@ -47,21 +48,28 @@ def variants(wave: np.ndarray, sample_rate: int) -> dict[str, np.ndarray | None]
     }
 
 
-def score_differences(checkpoint: Path, root: Path) -> pd.DataFrame:
-    """One row per (count caption, compared clip): ``events`` of A, ``against``, ``d = s(c,A) - s(c,X)``."""
-    model = load_model(checkpoint)
-    matcher = model.matcher
-    sample_rate = matcher.audio_encoder.sample_rate
-    window = round(sample_rate * matcher.audio_encoder.window_seconds)  # the demo's LogMel encoder
-    specs = {s["file_name"]: s for s in read_twin_manifest(root, "evaluation") or []}
-    twins = pd.read_csv(checkpoint.parent / "test_twins_exhaustive.csv", keep_default_na=False)
-    twins = twins[twins["change"] == "count"]
+def wave_encoder(matcher: AudioTextMatcher) -> Callable[[np.ndarray], Tokens]:
+    """``encode(wave)``: one clip's samples ``[T]`` (at the encoder's rate) cut into the encoder's
+    windows and encoded, ``Tokens`` of one clip."""
+    window = round(matcher.audio_encoder.sample_rate * matcher.audio_encoder.window_seconds)
 
     def encode(wave: np.ndarray) -> Tokens:
         w = cut_windows(wave.astype(np.float32), window)
         return matcher.encode_audio(
             torch.from_numpy(w.waveform)[None], torch.from_numpy(w.valid_samples)[None]
         )
+
+    return encode
+
+
+def score_differences(checkpoint: Path, root: Path) -> pd.DataFrame:
+    """One row per (count caption, compared clip): ``events`` of A, ``against``, ``d = s(c,A) - s(c,X)``."""
+    matcher = load_model(checkpoint).matcher
+    sample_rate = matcher.audio_encoder.sample_rate
+    encode = wave_encoder(matcher)
+    specs = {s["file_name"]: s for s in read_twin_manifest(root, "evaluation") or []}
+    twins = pd.read_csv(checkpoint.parent / "test_twins_exhaustive.csv", keep_default_na=False)
+    twins = twins[twins["change"] == "count"]
 
     rows = []
     with torch.no_grad():

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from count_sensitivity import wave_encoder  # benchmarks/, beside this script
 from scipy.special import logsumexp
 
-from lacoat.data.audio import cut_windows, read_audio
+from lacoat.data.audio import read_audio
 from lacoat.models.matcher import Tokens
 from lacoat.retrieval.library import load_model
 
@@ -37,19 +38,11 @@ def captions(root: Path, split: str) -> tuple[list[str], list[tuple[str, str]]]:
 def scores(checkpoint: Path, root: Path) -> dict[str, np.ndarray]:
     """Co-attention and bi-encoder scores ``[captions, clips]`` of the test captions and of the bank."""
     matcher = load_model(checkpoint).matcher
-    sample_rate = matcher.audio_encoder.sample_rate
-    window = round(sample_rate * matcher.audio_encoder.window_seconds)  # the demo's LogMel encoder
+    sample_rate, encode = matcher.audio_encoder.sample_rate, wave_encoder(matcher)
     clips, test = captions(root, "evaluation")
     _, bank = captions(root, "validation")
-
-    def encode(name: str) -> Tokens:
-        w = cut_windows(read_audio(root / "evaluation" / name, sample_rate).astype(np.float32), window)
-        return matcher.encode_audio(
-            torch.from_numpy(w.waveform)[None], torch.from_numpy(w.valid_samples)[None]
-        )
-
     with torch.no_grad():
-        audio = Tokens.cat([encode(c) for c in clips])
+        audio = Tokens.cat([encode(read_audio(root / "evaluation" / c, sample_rate)) for c in clips])
         text, bank_text = (matcher.encode_text([c for _, c in rows]) for rows in (test, bank))
         return {
             "clips": np.array(clips),

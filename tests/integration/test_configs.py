@@ -16,6 +16,19 @@ from tests.helpers import save_random_clap_checkpoint, save_tiny_text_model
 
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
 VARIANTS = sorted(p.name for p in (REPO / "configs" / "demo_variants").glob("*.yaml"))
+RECIPE = "twins_recipe.yaml"  # the study's final recipe: other variants in one file
+# the variants and flags whose settings twins_recipe.yaml gathers, in the study's order
+RECIPE_PARTS = [
+    *("--config", "configs/demo_variants/long.yaml"),
+    *("--config", "configs/demo_variants/order_negatives.yaml"),
+    *("--config", "configs/demo_variants/count_negatives_both.yaml"),
+    *("--config", "configs/demo_variants/text_finetune_top2.yaml"),
+    *("--model.text_encoder_lr", "1e-4"),
+    *("--config", "configs/demo_variants/pool_mass.yaml"),
+    *("--trainer.max_epochs", "7"),
+    *("--config", "configs/demo_variants/train_shift.yaml"),
+    *("--config", "configs/demo_variants/audio_glimpses.yaml"),
+]
 EXPECTED_HEAD = {
     "single": SingleCascade,
     "stack": StackingCascade,
@@ -91,7 +104,7 @@ data:
     assert torch.equal(loaded[name].detach(), state[key])
 
 
-@pytest.mark.parametrize("variant", [None, *VARIANTS])
+@pytest.mark.parametrize("variant", [None, *(v for v in VARIANTS if v != RECIPE)])
 def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
     refines = {"count_rewrites_all.yaml", "count_edits_both.yaml"}
     before = ["count_negatives_both.yaml"] if variant in refines else []  # the variant it refines
@@ -147,3 +160,31 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
     else:
         assert trained == (set(text_params) if fine_tuned else set())
     assert model.text_encoder_lr == (3e-5 if fine_tuned else model.encoder_lr)
+
+
+@pytest.mark.parametrize("head", [[], ["--config", "configs/demo_variants/biencoder.yaml"]])
+def test_twins_recipe_is_the_studys_stack_of_variants(tmp_path, synthcaps, head):
+    def config(*more):
+        cli = LacoatCLI(
+            LacoatModule,
+            RetrievalDataModule,
+            args=[
+                *("--config", str(REPO / "configs" / "demo.yaml")),
+                *head,
+                *(str(REPO / a) if a.startswith("configs/") else a for a in more),
+                f"--data.source.init_args.root={synthcaps}",
+                f"--trainer.default_root_dir={tmp_path}",
+            ],
+            run=False,
+            auto_configure_optimizers=False,
+        )
+        settings = cli.config.as_dict()
+        settings.pop("config")  # the files it was read from
+        return settings, cli.model
+
+    recipe, model = config("--config", f"configs/demo_variants/{RECIPE}")
+    stacked, _ = config(*RECIPE_PARTS)
+    assert recipe == stacked
+    assert recipe["trainer"]["max_epochs"] == 7 and recipe["data"]["train_shift_seconds"] == 0.32
+    assert model.matcher.audio_pool.mass and model.matcher.audio_pool.mlp[-1].out_features == 3
+    assert isinstance(model.matcher.cascade, IteratingCascade if not head else type(None))

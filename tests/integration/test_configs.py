@@ -4,6 +4,8 @@ The real encoders get tiny random weights saved the way downloads are (a CLAP ch
 transformers folder) and are loaded through the same path; data roots point at generated data.
 """
 
+import importlib.util
+
 import pytest
 import torch
 
@@ -17,18 +19,8 @@ from tests.helpers import save_random_clap_checkpoint, save_tiny_text_model
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
 VARIANTS = sorted(p.name for p in (REPO / "configs" / "demo_variants").glob("*.yaml"))
 RECIPE = "twins_recipe.yaml"  # the study's final recipe: other variants in one file
-# the variants and flags whose settings twins_recipe.yaml gathers, in the study's order
-RECIPE_PARTS = [
-    *("--config", "configs/demo_variants/long.yaml"),
-    *("--config", "configs/demo_variants/order_negatives.yaml"),
-    *("--config", "configs/demo_variants/count_negatives_both.yaml"),
-    *("--config", "configs/demo_variants/text_finetune_top2.yaml"),
-    *("--model.text_encoder_lr", "1e-4"),
-    *("--config", "configs/demo_variants/pool_mass.yaml"),
-    *("--trainer.max_epochs", "7"),
-    *("--config", "configs/demo_variants/train_shift.yaml"),
-    *("--config", "configs/demo_variants/audio_glimpses.yaml"),
-]
+# the study's row that twins_recipe.yaml gathers in one file (benchmarks/study.py fits it with these arguments)
+RECIPE_RUN = "iterating_long_order_count_both_negatives_text_top2_lr1e-4_pool_mass_7epochs_shift_glimpses3"
 EXPECTED_HEAD = {
     "single": SingleCascade,
     "stack": StackingCascade,
@@ -51,18 +43,24 @@ def weights(tmp_path_factory):
     return root
 
 
+def parse(tmp_path, args: list[str]) -> LacoatCLI:
+    """LacoatCLI of these arguments (config paths relative to the repository), built but not run."""
+    args = [str(REPO / a) if a.startswith("configs/") else a for a in args]
+    return LacoatCLI(
+        LacoatModule,
+        RetrievalDataModule,
+        args=[*args, f"--trainer.default_root_dir={tmp_path}"],
+        run=False,
+        auto_configure_optimizers=False,
+    )
+
+
 def build(tmp_path, configs, override):
     """Model and DataModule of ``configs`` (paths under configs/) plus an override, not run."""
     extra = tmp_path / "override.yaml"
     extra.write_text(override)
-    args = [arg for c in configs for arg in ("--config", str(REPO / "configs" / c))]
-    cli = LacoatCLI(
-        LacoatModule,
-        RetrievalDataModule,
-        args=[*args, "--config", str(extra), f"--trainer.default_root_dir={tmp_path}"],
-        run=False,
-        auto_configure_optimizers=False,
-    )
+    args = [arg for c in configs for arg in ("--config", f"configs/{c}")]
+    cli = parse(tmp_path, [*args, "--config", str(extra)])
     return cli.model, cli.datamodule
 
 
@@ -164,26 +162,21 @@ def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
 
 @pytest.mark.parametrize("head", [[], ["--config", "configs/demo_variants/biencoder.yaml"]])
 def test_twins_recipe_is_the_studys_stack_of_variants(tmp_path, synthcaps, head):
+    spec = importlib.util.spec_from_file_location("study", REPO / "benchmarks" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+
     def config(*more):
-        cli = LacoatCLI(
-            LacoatModule,
-            RetrievalDataModule,
-            args=[
-                *("--config", str(REPO / "configs" / "demo.yaml")),
-                *head,
-                *(str(REPO / a) if a.startswith("configs/") else a for a in more),
-                f"--data.source.init_args.root={synthcaps}",
-                f"--trainer.default_root_dir={tmp_path}",
-            ],
-            run=False,
-            auto_configure_optimizers=False,
+        cli = parse(
+            tmp_path,
+            ["--config", "configs/demo.yaml", *head, *more, f"--data.source.init_args.root={synthcaps}"],
         )
         settings = cli.config.as_dict()
         settings.pop("config")  # the files it was read from
         return settings, cli.model
 
     recipe, model = config("--config", f"configs/demo_variants/{RECIPE}")
-    stacked, _ = config(*RECIPE_PARTS)
+    stacked, _ = config(*study.RUNS[RECIPE_RUN])
     assert recipe == stacked
     assert recipe["trainer"]["max_epochs"] == 7 and recipe["data"]["train_shift_seconds"] == 0.32
     assert model.matcher.audio_pool.mass and model.matcher.audio_pool.mlp[-1].out_features == 3

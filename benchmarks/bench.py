@@ -34,8 +34,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lacoat.contracts import Tokens
 from lacoat.models.cascade import IteratingCascade
-from lacoat.models.matcher import AudioTextMatcher, Tokens
+from lacoat.models.matcher import AudioTextMatcher
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.helpers: the random-weight CLAP checkpoint the tests use too
@@ -139,7 +140,7 @@ def peak_rss_mb() -> float:
 
 
 def demo_checkpoint() -> Path:
-    from lacoat.lightning_cli import latest_best_checkpoint
+    from lacoat.checkpoints import latest_best_checkpoint
 
     ckpt = latest_best_checkpoint(REPO / "runs" / "demo")
     if ckpt is None or not (REPO / "data" / "synthcaps").is_dir():
@@ -151,9 +152,9 @@ def synthcaps(ks: tuple[int, ...] = (16, 32, 64)) -> dict:
     """Test t2a mAP@10 of the demo checkpoint, exhaustive and two-stage, through ``Trainer.test``."""
     import lightning as L
 
-    from lacoat.config import instantiate_sections
+    from lacoat.cli.config import instantiate_sections
     from lacoat.data.datamodule import RetrievalDataModule
-    from lacoat.module import LacoatModule
+    from lacoat.train.module import LacoatModule
 
     ckpt = demo_checkpoint()
     model = LacoatModule.load_from_checkpoint(str(ckpt), map_location="cpu")
@@ -184,12 +185,13 @@ def training(cached: bool, steps: int = 8, batch_size: int = 16) -> dict:
     from lacoat.data import Clotho
     from lacoat.data.datamodule import RetrievalDataModule
     from lacoat.data.synth import synthesize
-    from lacoat.extract import extract
-    from lacoat.losses import NTXentLoss
     from lacoat.models.cascade import IteratingCascade
     from lacoat.models.encoders import ClapAudioEncoder, HFTextEncoder
     from lacoat.models.matcher import AudioTextMatcher
-    from lacoat.module import LacoatModule
+    from lacoat.train.extract import extract
+    from lacoat.train.losses import NTXentLoss
+    from lacoat.train.module import LacoatModule
+    from lacoat.train.objectives import PairObjective
     from tests.helpers import save_random_clap_checkpoint
 
     class StepTimer(L.Callback):
@@ -212,7 +214,7 @@ def training(cached: bool, steps: int = 8, batch_size: int = 16) -> dict:
             IteratingCascade(128, 4, 2, 0.1, "text"),
             embed_dim=128,
         )
-        model = LacoatModule(matcher, NTXentLoss(), lr=1e-3, warmup_steps=2)
+        model = LacoatModule(matcher, PairObjective(NTXentLoss()), lr=1e-3)
         data = RetrievalDataModule(
             Clotho(str(work / "data")),
             batch_size=batch_size,

@@ -6,7 +6,7 @@ that states a count, against A's count twin B) and scores the caption, with the 
 co-attention, against
 
 * B, the twin (another rendering with one stated count changed),
-* A with one occurrence of its briefest sound more and fewer (``lacoat.audio_edits.recount``, the
+* A with one occurrence of its briefest sound more and fewer (``lacoat.negatives.audio_edits.recount``, the
   audio count negative of training),
 * A started 50 ms later and 50 ms earlier (the clip's own first / last 50 ms fill the gap): the same
   sounds, the same count, on another grid of audio tokens.
@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lacoat.audio_edits import frame_samples, recount
+from lacoat.contracts import Tokens
 from lacoat.data.audio import cut_windows, read_audio
 from lacoat.data.twins import read_twin_manifest
-from lacoat.models.matcher import AudioTextMatcher, Tokens
-from lacoat.retrieval.library import load_model
+from lacoat.models.factory import load_matcher
+from lacoat.models.matcher import AudioTextMatcher
+from lacoat.negatives.audio_edits import frame_samples, recount
 
 SHIFT_S = 0.05
 
@@ -64,7 +65,7 @@ def wave_encoder(matcher: AudioTextMatcher) -> Callable[[np.ndarray], Tokens]:
 
 def score_differences(checkpoint: Path, root: Path) -> pd.DataFrame:
     """One row per (count caption, compared clip): ``events`` of A, ``against``, ``d = s(c,A) - s(c,X)``."""
-    matcher = load_model(checkpoint).matcher
+    matcher, _ = load_matcher(checkpoint, "both")
     sample_rate = matcher.audio_encoder.sample_rate
     encode = wave_encoder(matcher)
     specs = {s["file_name"]: s for s in read_twin_manifest(root, "evaluation") or []}

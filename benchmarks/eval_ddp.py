@@ -27,7 +27,7 @@ class _Features(nn.Module):
 
 
 def _setup(queries: int, clips: int):
-    from lacoat.evaluation import Evaluator
+    from lacoat.evaluation.evaluator import Evaluator
     from lacoat.models.cascade import IteratingCascade
     from lacoat.models.matcher import AudioTextMatcher
 

@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.train_memory import GIB, encoder_outputs, head  # noqa: E402
-from lacoat.models.matcher import AudioTextMatcher, Tokens  # noqa: E402
+from lacoat.contracts import Tokens  # noqa: E402
+from lacoat.models.matcher import AudioTextMatcher  # noqa: E402
 
 
 @dataclass(frozen=True)

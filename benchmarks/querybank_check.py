@@ -24,9 +24,9 @@ import torch
 from count_sensitivity import wave_encoder  # benchmarks/, beside this script
 from scipy.special import logsumexp
 
+from lacoat.contracts import Tokens
 from lacoat.data.audio import read_audio
-from lacoat.models.matcher import Tokens
-from lacoat.retrieval.library import load_model
+from lacoat.models.factory import load_matcher
 
 
 def captions(root: Path, split: str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -37,7 +37,7 @@ def captions(root: Path, split: str) -> tuple[list[str], list[tuple[str, str]]]:
 
 def scores(checkpoint: Path, root: Path) -> dict[str, np.ndarray]:
     """Co-attention and bi-encoder scores ``[captions, clips]`` of the test captions and of the bank."""
-    matcher = load_model(checkpoint).matcher
+    matcher, _ = load_matcher(checkpoint, "both")
     sample_rate, encode = matcher.audio_encoder.sample_rate, wave_encoder(matcher)
     clips, test = captions(root, "evaluation")
     _, bank = captions(root, "validation")

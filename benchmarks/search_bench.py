@@ -44,7 +44,8 @@ def _queries(n: int) -> list[str]:
 
 def synthcaps_200(ckpt: Path, n_clips: int = 200, n_new: int = 10, n_queries: int = 10) -> dict:
     """``lacoat index`` of 200 SynthCaps clips, re-index after 10 new files, search latency."""
-    from lacoat.retrieval.library import Library, build_index
+    from lacoat.retrieval.index import build_index
+    from lacoat.retrieval.search import Library
 
     files = sorted((SYNTHCAPS / "evaluation").iterdir())[:n_clips]
     queries = _queries(n_queries)
@@ -104,7 +105,8 @@ def _write_synthetic_index(
     ckpt: Path, library: Path, index: Path, n_clips: int, tokens_per_clip: int
 ) -> None:
     """100,000 placeholder files and an index of random vectors that records them as encoded."""
-    from lacoat.retrieval.library import index_meta, load_matcher
+    from lacoat.models.factory import load_matcher
+    from lacoat.retrieval.index import index_meta
     from lacoat.retrieval.query_encoder import save_query_encoder
     from lacoat.retrieval.store import ClipVectors, IndexStore
 
@@ -147,7 +149,7 @@ def n100k(
     ckpt: Path, n_clips: int = 100_000, tokens_per_clip: int = 32, n_new: int = 10, repeats: int = 3
 ) -> dict:
     """A 100,000-clip index: size, warm query time, a fresh ``lacoat search``, re-index I/O."""
-    from lacoat.retrieval.library import Library
+    from lacoat.retrieval.search import Library
 
     work = Path(tempfile.mkdtemp(prefix="lacoat-bench-n100k-"))
     try:
@@ -181,7 +183,7 @@ def n100k(
             shutil.copy(f, library / f.name)
         log = work / "strace.log"
         reindex = (
-            "from lacoat.retrieval.library import build_index; "
+            "from lacoat.retrieval.index import build_index; "
             f"r = build_index({str(ckpt)!r}, {str(library)!r}, {str(index)!r}, progress=False); "
             "print(r.encoded, r.unchanged)"
         )

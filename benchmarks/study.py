@@ -31,29 +31,29 @@ RESULTS = REPO / "benchmarks" / "study.json"
 LACOAT = str(Path(sys.executable).parent / "lacoat")
 HEADS = {
     "iterating": [],
-    "single": ["--config", "configs/demo_variants/single.yaml"],
-    "stacking": ["--config", "configs/demo_variants/stack.yaml"],
-    "biencoder": ["--config", "configs/demo_variants/biencoder.yaml"],
+    "single": ["--config", "configs/demo/head/single.yaml"],
+    "stacking": ["--config", "configs/demo/head/stack.yaml"],
+    "biencoder": ["--config", "configs/demo/head/biencoder.yaml"],
 }
 HARD_BATCHES = ["--data.hard_share", "0.5", "--data.hard_neighbours", "2"]
-ORDER_NEGATIVES = ["--model.order_negatives", "audio"]
-TEXT_ORDER_NEGATIVES = ["--model.order_negatives", "text"]
-BOTH_ORDER_NEGATIVES = ["--config", "configs/demo_variants/order_negatives.yaml"]  # both sides
-COUNT_NEGATIVES = ["--config", "configs/demo_variants/count_negatives.yaml"]
+ORDER_NEGATIVES = ["--model.objective.init_args.order_negatives", "audio"]
+TEXT_ORDER_NEGATIVES = ["--model.objective.init_args.order_negatives", "text"]
+BOTH_ORDER_NEGATIVES = ["--config", "configs/demo/negatives/order_negatives.yaml"]  # both sides
+COUNT_NEGATIVES = ["--config", "configs/demo/negatives/count_negatives.yaml"]
 ORDER_COUNT = BOTH_ORDER_NEGATIVES + COUNT_NEGATIVES
 # count negatives on the audio side too: each counting caption's clip with one occurrence more or fewer
-COUNT_BOTH = ["--config", "configs/demo_variants/count_negatives_both.yaml"]
+COUNT_BOTH = ["--config", "configs/demo/negatives/count_negatives_both.yaml"]
 ORDER_COUNT_BOTH = BOTH_ORDER_NEGATIVES + COUNT_BOTH
-LONG = ["--config", "configs/demo_variants/long.yaml"]
+LONG = ["--config", "configs/demo/budget/long.yaml"]
 SEVEN_EPOCHS = ["--trainer.max_epochs", "7"]  # after LONG: the whole of a 30-minute quiet fit
 POOL_MASS_BOTH = ["--model.matcher.init_args.pool_mass", "both"]
-POOL_MASS = ["--config", "configs/demo_variants/pool_mass.yaml"]  # the audio pool alone
-SHIFT = ["--config", "configs/demo_variants/train_shift.yaml"]  # training reads start within the quiet
-GLIMPSES = ["--config", "configs/demo_variants/audio_glimpses.yaml"]  # three audio maps (after POOL_MASS)
-FULL_PAIRS = ["--model.train_pairs", "full"]
+POOL_MASS = ["--config", "configs/demo/pool/pool_mass.yaml"]  # the audio pool alone
+SHIFT = ["--config", "configs/demo/data/train_shift.yaml"]  # training reads start within the quiet
+GLIMPSES = ["--config", "configs/demo/pool/audio_glimpses.yaml"]  # three audio maps (after POOL_MASS)
+FULL_PAIRS = ["--model.objective.init_args.pairs", "full"]
 AUDIO_LEAD = ["--model.matcher.init_args.cascade.init_args.lead", "audio"]
-TEXT_FINETUNE = ["--config", "configs/demo_variants/text_finetune.yaml"]  # MiniLM not frozen
-TEXT_TOP2 = ["--config", "configs/demo_variants/text_finetune_top2.yaml"]  # its top 2 layers trained
+TEXT_FINETUNE = ["--config", "configs/demo/text/text_finetune.yaml"]  # MiniLM not frozen
+TEXT_TOP2 = ["--config", "configs/demo/text/text_finetune_top2.yaml"]  # its top 2 layers trained
 # order and count negatives on both sides with the text model's top 2 layers trained (after LONG and a head)
 COUNT_BOTH_TOP2 = ORDER_COUNT_BOTH + TEXT_TOP2
 # the longer budget's recipe with the text model's top 2 layers trained at 1e-4 (after LONG and a head)
@@ -115,7 +115,7 @@ RUNS: dict[str, list[str]] = {
         "_long_order_count_both_negatives_text_top2_lr1e-4_rewrites4",
         *LR_1E4,
         "--config",
-        "configs/demo_variants/count_rewrites_all.yaml",
+        "configs/demo/negatives/count_rewrites_all.yaml",
     ),
     # the 1e-4 recipe with each counting caption's clip recounted both ways (one occurrence more and
     # one fewer, two audio negatives) rather than one way: does the caption → audio side learn counts?
@@ -123,14 +123,14 @@ RUNS: dict[str, list[str]] = {
         "_long_order_count_both_negatives_text_top2_lr1e-4_edits2",
         *LR_1E4,
         "--config",
-        "configs/demo_variants/count_edits_both.yaml",
+        "configs/demo/negatives/count_edits_both.yaml",
     ),
     # the 1e-4 recipe with half of each batch filled with the clips whose captions are most alike
     # (mostly the twins): do twin clips met as in-batch negatives move the counts at this budget?
     **each_head("_long_order_count_both_negatives_text_top2_lr1e-4_hard_batches", *LR_1E4, *HARD_BATCHES),
     # the 1e-4 recipe with pools that also read how much of what they attend to there is
     # (AttFlat's softmax mean cannot count; can this?): both pools, then the audio pool alone
-    # (configs/demo_variants/pool_mass.yaml)
+    # (configs/demo/pool/pool_mass.yaml)
     **each_head("_long_order_count_both_negatives_text_top2_lr1e-4_pool_mass_both", *LR_1E4, *POOL_MASS_BOTH),
     **each_head("_long_order_count_both_negatives_text_top2_lr1e-4_pool_mass", *LR_1E4, *POOL_MASS),
     # the same with 7 epochs: the two levers that each moved one rate (7 epochs: order steadier over
@@ -166,7 +166,7 @@ RUNS: dict[str, list[str]] = {
         f"{head}_order_count_both_negatives_text_top2_lr1e-4_pool_mass": args + LR_1E4 + POOL_MASS
         for head, args in HEADS.items()
     },
-    # the demo recipe with the start shift (configs/demo_variants/train_shift.yaml), each head: the
+    # the demo recipe with the start shift (configs/demo/data/train_shift.yaml), each head: the
     # shift lifted the longer recipe's t2a by ~5 points; does it open co-attention's margin at 2 epochs?
     **{f"{head}_shift": args + SHIFT for head, args in HEADS.items()},
     # the longer budget's final recipe (pool mass, shift, three audio maps) at the demo budget: does the
@@ -182,7 +182,7 @@ RUNS: dict[str, list[str]] = {
     # the same with audio tokens of 0.16 s instead of 0.32 s: repeats 0.18 s apart in separate tokens
     "iterating_long_order_count_both_negatives_text_top2_tokens160": LONG
     + COUNT_BOTH_TOP2
-    + ["--config", "configs/demo_variants/audio_tokens_160ms.yaml"],
+    + ["--config", "configs/demo/pool/audio_tokens_160ms.yaml"],
     # the same without the negatives: does a trained text model learn order from random batches?
     **{f"{head}_long_text_finetune": LONG + args + TEXT_FINETUNE for head, args in HEADS.items()},
     **{f"{head}_long_text_top2": LONG + args + TEXT_TOP2 for head, args in HEADS.items()},

@@ -44,9 +44,10 @@ import torch
 from torch import Tensor, nn
 
 import lacoat.models.matcher as matcher_module
-from lacoat.losses import NTXentLoss
+from lacoat.contracts import Tokens
 from lacoat.models.cascade import Cascade, IteratingCascade, Side, StackingCascade
-from lacoat.models.matcher import AudioTextMatcher, Tokens, recomputed_chunks
+from lacoat.models.matcher import AudioTextMatcher, recomputed_chunks
+from lacoat.train.losses import NTXentLoss
 
 GIB = 2**30
 # What one training step of the head may take: an A100-40GB (40 GiB), or half an 80 GB H100. The

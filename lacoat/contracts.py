@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -61,3 +63,37 @@ class ModelFacts:
             frozen_text=text_encoder if text_encoder.frozen else None,
             caption_embedder=text_encoder.mean_states if embed_captions else None,
         )
+
+
+@dataclass
+class Tokens:
+    """Projected token states of a batch of texts or clips: ``tokens [B, L, D]``, ``mask [B, L]``."""
+
+    tokens: Tensor
+    mask: Tensor
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def __getitem__(self, index: Tensor | slice) -> Tokens:
+        return Tokens(self.tokens[index], self.mask[index])
+
+    def padded(self, length: int, rows: int | None = None) -> Tokens:
+        """The same rows padded with masked positions to ``length`` tokens (and with empty rows to
+        ``rows``): ``[rows, length, D]``."""
+        more_rows = 0 if rows is None else rows - len(self)
+        more_tokens = length - self.tokens.shape[1]
+        return Tokens(
+            F.pad(self.tokens, (0, 0, 0, more_tokens, 0, more_rows)),
+            F.pad(self.mask, (0, more_tokens, 0, more_rows)),
+        )
+
+    @staticmethod
+    def cat(parts: list[Tokens]) -> Tokens:
+        """Concatenate batches, padding to the longest sequence (padding is masked out)."""
+        length = max(p.tokens.shape[1] for p in parts)
+        padded = [p.padded(length) for p in parts]
+        return Tokens(torch.cat([p.tokens for p in padded]), torch.cat([p.mask for p in padded]))
+
+    def to(self, device: torch.device | str) -> Tokens:
+        return Tokens(self.tokens.to(device), self.mask.to(device))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lacoat.models.matcher import Tokens
+from lacoat.contracts import Tokens
 
 # (tokens [b, L, D], labels [b]) → every rank's (tokens [N, L', D], labels [N], rows per rank [W])
 Gather = Callable[[Tokens, Tensor], tuple[Tokens, Tensor, Tensor]]

@@ -12,12 +12,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lacoat.audio_edits import frame_samples, sounding_runs
 from lacoat.data.audio import AudioWindows, cut_windows, read_audio
 from lacoat.data.features import CachedFeatures
 from lacoat.data.table import Policy
 from lacoat.data.twins import twin_comparisons
 from lacoat.errors import AudioReadError, DataError
+from lacoat.negatives.audio_edits import frame_samples, sounding_runs
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class AudioLoader:
 
 
 def quiet_lead(wave: np.ndarray, sample_rate: int) -> int:
-    """Samples before the first sounding 10-ms frame (``lacoat.audio_edits.sounding_runs``): what a
+    """Samples before the first sounding 10-ms frame (``lacoat.negatives.audio_edits.sounding_runs``): what a
     training read may skip without cutting into a sound. 0 for a clip without a quiet start.
 
     Shape:

@@ -81,7 +81,7 @@ class CoAttentionLayer(nn.Module):
     """One co-attention module (the paper's Fig. 2): for each modality MCAN's SGA unit, i.e.
     self-attention, then guided attention to the other modality's self-attended sequence, then FFN.
 
-    Each modality self-attends once per layer (DESIGN.md): 4 attention blocks and 2 FFNs per layer,
+    Each modality self-attends once per layer: 4 attention blocks and 2 FFNs per layer,
     about the parameters of an iterating layer pair (3 attention blocks and 2 FFNs).
     """
 

@@ -7,14 +7,16 @@ Two scores come out of one model:
 * the **bi-encoder score** ``cos(pool_t(t), pool_a(a))`` from the same pools and projections applied
   to the unimodal tokens: a matrix product, the baseline and the cheap first stage of retrieval.
 
-Without a cascade the model is a bi-encoder and both scores coincide.
+Without a cascade the model is a bi-encoder and both scores coincide. Optional ``towers``
+(``lacoat.models.towers``) give each modality its own self-attention stack after its projection, run
+once per item: the unimodal tokens above are then the towers' outputs, for the pools and for a
+cascade alike (the bi-encoder of the cascade's depth, or ALBEF's towers-then-fusion layout).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -22,46 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lacoat.audio_edits import Edit, edit_windows, frame_samples
+from lacoat.contracts import Tokens
 from lacoat.errors import ModelError
 from lacoat.models.cascade import Cascade, Side
 from lacoat.models.encoders.base import AudioEncoder, TextEncoder
 from lacoat.models.pooling import AttentionPool, MaskedMeanPool
 from lacoat.models.positions import TokenPositions
-
-
-@dataclass
-class Tokens:
-    """Projected token states of a batch of texts or clips: ``tokens [B, L, D]``, ``mask [B, L]``."""
-
-    tokens: Tensor
-    mask: Tensor
-
-    def __len__(self) -> int:
-        return self.tokens.shape[0]
-
-    def __getitem__(self, index: Tensor | slice) -> Tokens:
-        return Tokens(self.tokens[index], self.mask[index])
-
-    def padded(self, length: int, rows: int | None = None) -> Tokens:
-        """The same rows padded with masked positions to ``length`` tokens (and with empty rows to
-        ``rows``): ``[rows, length, D]``."""
-        more_rows = 0 if rows is None else rows - len(self)
-        more_tokens = length - self.tokens.shape[1]
-        return Tokens(
-            F.pad(self.tokens, (0, 0, 0, more_tokens, 0, more_rows)),
-            F.pad(self.mask, (0, more_tokens, 0, more_rows)),
-        )
-
-    @staticmethod
-    def cat(parts: list[Tokens]) -> Tokens:
-        """Concatenate batches, padding to the longest sequence (padding is masked out)."""
-        length = max(p.tokens.shape[1] for p in parts)
-        padded = [p.padded(length) for p in parts]
-        return Tokens(torch.cat([p.tokens for p in padded]), torch.cat([p.mask for p in padded]))
-
-    def to(self, device: torch.device | str) -> Tokens:
-        return Tokens(self.tokens.to(device), self.mask.to(device))
+from lacoat.models.towers import Towers
 
 
 class AudioTextMatcher(nn.Module):
@@ -97,10 +66,15 @@ class AudioTextMatcher(nn.Module):
             recomputed chunk are alive at a time in backward). Without gradients, or with
             ``recompute`` 0, ``pair_chunk`` applies. ``true`` / ``false`` (configs and checkpoints
             made before the share existed) mean 1 and 0.
+        towers: a self-attention stack per modality (``Towers``), run after the projections and
+            before everything else, once per text and per clip: without a cascade, the bi-encoder of
+            a cascade's depth; with one, the first stage the cascade re-ranks. None: no towers. Sets
+            the token width D when there is no cascade.
 
     Raises:
-        ModelError: If ``recompute`` lies outside [0, 1], ``audio_glimpses`` is below 1, or
-            ``pool_mass`` or several glimpses are set with mean pools.
+        ModelError: If ``recompute`` lies outside [0, 1], ``audio_glimpses`` is below 1,
+            ``pool_mass`` or several glimpses are set with mean pools, or the towers' width is not
+            the cascade's.
     """
 
     def __init__(
@@ -118,6 +92,7 @@ class AudioTextMatcher(nn.Module):
         audio_max_positions: int = 4096,
         recompute: float | bool = 0.0,
         recompute_chunk: int = 64,
+        towers: Towers | None = None,
     ) -> None:
         if not 0.0 <= recompute <= 1.0:
             raise ModelError(
@@ -134,9 +109,15 @@ class AudioTextMatcher(nn.Module):
                 f"model.matcher audio_glimpses must be a whole number >= 1 with attention pools (1 with "
                 f"pool: mean), got {audio_glimpses} with pool: {pool}"
             )
+        if towers is not None and cascade is not None and towers.dim != cascade.dim:
+            raise ModelError(
+                f"model.matcher towers dim ({towers.dim}) must equal the cascade's dim ({cascade.dim}): "
+                "the cascade reads the towers' outputs"
+            )
         super().__init__()
         self.audio_encoder, self.text_encoder, self.cascade = audio_encoder, text_encoder, cascade
-        width = cascade.dim if cascade is not None else d_model
+        self.towers = towers
+        width = cascade.dim if cascade is not None else towers.dim if towers is not None else d_model
         self.audio_proj = nn.Sequential(nn.Linear(audio_encoder.dim, width), nn.LayerNorm(width))
         self.text_proj = nn.Sequential(nn.Linear(text_encoder.dim, width), nn.LayerNorm(width))
         self.audio_positions = TokenPositions(width, audio_positions, audio_max_positions)
@@ -163,13 +144,17 @@ class AudioTextMatcher(nn.Module):
         return self.project_audio(*self.audio_encoder(audio, audio_valid))
 
     def project_text(self, tokens: Tensor, mask: Tensor) -> Tokens:
-        """Projection of text encoder outputs ``[B, L, Dt]`` (e.g. cached ones) to ``Tokens [B, L, D]``."""
-        return Tokens(self.text_proj(tokens), mask)
+        """Projection of text encoder outputs ``[B, L, Dt]`` (e.g. cached ones) to ``Tokens [B, L, D]``,
+        through the text tower when there are towers."""
+        x = self.text_proj(tokens)
+        return Tokens(self.towers.text(x, mask) if self.towers is not None else x, mask)
 
     def project_audio(self, tokens: Tensor, mask: Tensor) -> Tokens:
         """Projection of audio encoder outputs ``[B, T, Da]`` (e.g. cached ones) to ``Tokens [B, T, D]``,
-        with the time-position code of each token added."""
-        return Tokens(self.audio_positions(self.audio_proj(tokens)), mask)
+        with the time-position code of each token added, then through the audio tower when there are
+        towers."""
+        x = self.audio_positions(self.audio_proj(tokens))
+        return Tokens(self.towers.audio(x, mask) if self.towers is not None else x, mask)
 
     def text_of(self, batch: dict) -> Tokens:
         """``Tokens`` of a batch's captions: from its cached ``text_tokens`` or through the encoder."""
@@ -182,22 +167,6 @@ class AudioTextMatcher(nn.Module):
         if "audio_tokens" in batch:
             return self.project_audio(batch["audio_tokens"], batch["audio_mask"])
         return self.encode_audio(batch["audio"], batch["audio_valid"])
-
-    def edited_audio_of(self, batch: dict, edits: list[Edit]) -> tuple[Tokens, Tensor]:
-        """``Tokens`` of a batch's clips, each through its edit (``lacoat.audio_edits``), and ``[B]``
-        bool: which clips were edited. Cached encoder outputs (no waveform) go through the edits'
-        token edits, where they have one."""
-        if "audio_tokens" in batch:
-            tokens, mask = batch["audio_tokens"], batch["audio_mask"]
-            done = torch.tensor([e.tokens is not None for e in edits], device=tokens.device)
-            edited = [
-                e.tokens(t[None], m[None])[0] if e.tokens else t
-                for e, t, m in zip(edits, tokens, mask, strict=True)
-            ]
-            return self.project_audio(torch.stack(edited) if edited else tokens, mask), done
-        frame = frame_samples(self.audio_encoder.sample_rate)
-        audio, done = edit_windows(batch["audio"], batch["audio_valid"], [e.wave for e in edits], frame)
-        return self.encode_audio(audio, batch["audio_valid"]), done.to(audio.device)
 
     def embed_text(self, text: Tokens) -> Tensor:
         """Bi-encoder text embedding ``[B, E]``, L2-normalised."""

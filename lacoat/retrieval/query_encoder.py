@@ -7,7 +7,7 @@ TorchScript at a fixed input of ``[1, max_length]`` token ids and saved with its
 (``tokenizer.json``, read by the light ``tokenizers`` package). A query is tokenised, padded to
 ``max_length``, encoded, and cut back to its real length: the tokens equal the transformers path's to
 float precision (a test checks the ranking). An index without these files, or a torch that cannot
-load them, uses the transformers encoder as before.
+load them, uses the transformers encoder instead.
 """
 
 from __future__ import annotations

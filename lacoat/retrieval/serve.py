@@ -24,9 +24,10 @@ from pathlib import Path
 from fastapi import FastAPI, HTTPException, Query
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
+from lacoat.data.folders import read_segments, segment_samples
 from lacoat.defaults import RERANK_K
 from lacoat.errors import LacoatError
-from lacoat.retrieval.library import Library, check_query, read_segments, segment_samples
+from lacoat.retrieval.search import Library, check_query
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>lacoat search</title>
@@ -145,8 +146,8 @@ def _attention_png(library: Library, mapper: dict, path: Path, query: str, start
     import soundfile as sf
     from matplotlib import pyplot as plt
 
-    from lacoat.explain import attention_figure, attention_map
-    from lacoat.retrieval.library import load_matcher
+    from lacoat.evaluation.attention_maps import attention_figure, attention_map
+    from lacoat.models.factory import load_matcher
 
     if "matcher" not in mapper:
         mapper["matcher"], _ = load_matcher(library.checkpoint, "both")

@@ -9,8 +9,9 @@ import torch
 
 from benchmarks.gpu_bench import FULL, train_step
 from lacoat.cli import main
+from lacoat.contracts import Tokens
 from lacoat.models.cascade import IteratingCascade, StackingCascade
-from lacoat.models.matcher import AudioTextMatcher, Tokens
+from lacoat.models.matcher import AudioTextMatcher
 from tests.integration.test_train import write_config
 
 pytestmark = [

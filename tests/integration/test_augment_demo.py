@@ -27,7 +27,7 @@ def test_augmented_demo_variant_trains_on_rules_paraphrases(tmp_path, synthcaps,
     assert "200 captions" in capsys.readouterr().out  # 5 of each of the 40 clips
     written = pd.read_csv(aug, dtype=str, keep_default_na=False)
     override = f"data:\n  source:\n    init_args: {{root: {synthcaps}}}\n  augmented_captions: {aug}\n"
-    model, data = build(tmp_path, ["demo.yaml", "demo_variants/augmented.yaml"], override)
+    model, data = build(tmp_path, ["demo.yaml", "demo/data/augmented.yaml"], override)
     assert isinstance(model.matcher.cascade, IteratingCascade)  # the demo's model, unchanged
     assert data.augmented_ratio == 0.5
     data.setup("fit")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from lacoat.cli import TOOLS, main
-from lacoat.config import RUN_KEYS
+from lacoat.cli.config import RUN_KEYS
 from tests.conftest import REPO
 
 
@@ -37,7 +37,7 @@ def test_synth_then_inspect(tmp_path, capsys):
     config = tmp_path / "data.yaml"
     config.write_text(
         f"data:\n  source:\n    class_path: lacoat.data.Clotho\n    init_args:\n      root: '{out}'\n"
-        "  sample_rate: 16000\n  num_workers: 0\n"
+        "  num_workers: 0\n"
     )
     main(["inspect", "--config", str(config)])
     printed = capsys.readouterr().out
@@ -87,7 +87,7 @@ def test_run_keys_are_those_of_a_fit_config(capsys):
 
 @pytest.fixture(scope="module")
 def augmented_demo_dir(tmp_path_factory, synthcaps) -> Path:
-    """A working directory holding the paraphrases configs/demo_variants/augmented.yaml names."""
+    """A working directory holding the paraphrases configs/demo/data/augmented.yaml names."""
     work = tmp_path_factory.mktemp("work")
     out = work / "data" / "synthcaps_aug" / "rules.csv"
     captions = synthcaps / "clotho_captions_development.csv"
@@ -112,7 +112,7 @@ DEMO_WITH_VARIANT = [
     "--config",
     str(REPO / "configs" / "demo.yaml"),
     "--config",
-    str(REPO / "configs" / "demo_variants" / "augmented.yaml"),
+    str(REPO / "configs" / "demo" / "data" / "augmented.yaml"),
 ]
 
 

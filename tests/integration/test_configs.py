@@ -1,34 +1,278 @@
-"""Every config in configs/ parses and builds its model through LacoatCLI.
+"""Every config in configs/ parses (most tests stop there) and builds its model through LacoatCLI.
 
-The real encoders get tiny random weights saved the way downloads are (a CLAP checkpoint file, a
+configs/ holds whole runs (the demo, the eight paper configs), the fragments the paper configs are made
+of (configs/{trainer,data,model}/), the demo's variants by axis (configs/demo/<axis>/, one more
+``--config`` after demo.yaml each) and recipes of several axes (configs/demo/recipes/). Where a model is
+built, the real encoders get tiny random weights saved the way downloads are (a CLAP checkpoint file, a
 transformers folder) and are loaded through the same path; data roots point at generated data.
 """
 
 import importlib.util
+import itertools
 
 import pytest
 import torch
+import yaml
 
+from lacoat.cli import main
+from lacoat.cli.config import sections_parser
+from lacoat.cli.lightning import LacoatCLI
 from lacoat.data.datamodule import RetrievalDataModule
-from lacoat.lightning_cli import LacoatCLI
 from lacoat.models.cascade import IteratingCascade, SingleCascade, StackingCascade
-from lacoat.module import LacoatModule
+from lacoat.train.module import LacoatModule
 from tests.conftest import REPO
 from tests.helpers import save_random_clap_checkpoint, save_tiny_text_model
 
-CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.yaml"))
-VARIANTS = sorted(p.name for p in (REPO / "configs" / "demo_variants").glob("*.yaml"))
-RECIPE = "twins_recipe.yaml"  # the study's final recipe: other variants in one file
-# the study's row that twins_recipe.yaml gathers in one file (benchmarks/study.py fits it with these arguments)
-RECIPE_RUN = "iterating_long_order_count_both_negatives_text_top2_lr1e-4_pool_mass_7epochs_shift_glimpses3"
+CONFIGS = REPO / "configs"
 EXPECTED_HEAD = {
     "single": SingleCascade,
     "stack": StackingCascade,
     "iter": IteratingCascade,
     "biencoder": type(None),
 }
+# each paper config is a whole file, equal to this stack of fragments (test_paper_config_is_its_fragments)
+PAPER = {
+    f"{data}_{head}.yaml": [
+        "trainer/paper.yaml",
+        f"data/{data}.yaml",
+        "model/clap_roberta.yaml",
+        f"model/{head}.yaml",
+    ]
+    for data in ("clotho", "audiocaps")
+    for head in EXPECTED_HEAD
+}
+DATA_FRAGMENTS = sorted(str(p.relative_to(CONFIGS)) for p in (CONFIGS / "data").glob("*.yaml"))
+# what a demo variant of each axis may set (dotted keys, and all below them): nothing else, so that
+# variants of different axes stack in any order to the same run
+AXES = {
+    "head": ("model.matcher.init_args.cascade", "model.matcher.init_args.d_model"),
+    "budget": ("trainer.max_epochs", "trainer.max_steps"),
+    "negatives": ("model.objective",),
+    "text": ("model.matcher.init_args.text_encoder", "model.text_encoder_lr"),
+    "pool": (
+        "model.matcher.init_args.pool_mass",
+        "model.matcher.init_args.audio_glimpses",
+        "model.matcher.init_args.audio_encoder",
+    ),
+    "data": ("data",),
+}
+VARIANTS = sorted(
+    str(p.relative_to(CONFIGS)) for axis in AXES for p in (CONFIGS / "demo" / axis).glob("*.yaml")
+)
+RECIPES = sorted(str(p.relative_to(CONFIGS)) for p in (CONFIGS / "demo" / "recipes").glob("*.yaml"))
+RECIPE = "demo/recipes/twins.yaml"  # the study's final recipe: variants of several axes in one file
+# the study's row that the twins recipe gathers in one file (benchmarks/study.py fits it with these arguments)
+RECIPE_RUN = "iterating_long_order_count_both_negatives_text_top2_lr1e-4_pool_mass_7epochs_shift_glimpses3"
 
 
+def axis_of(variant: str) -> str:
+    return variant.split("/")[1]
+
+
+def stem(path: str) -> str:
+    return path.rsplit("/", 1)[-1].removesuffix(".yaml")
+
+
+class ParseOnly(LacoatCLI):
+    """LacoatCLI that parses (and names the run folder, ``before_instantiate_classes``) but builds and
+    runs nothing."""
+
+    def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        pass
+
+
+def configs_args(configs: list[str]) -> list[str]:
+    return [arg for c in configs for arg in ("--config", str(CONFIGS / c))]
+
+
+def parse_only(args: list[str], subcommand: str | None = None):
+    """The config LacoatCLI makes of ``args`` (``subcommand``'s, if given), nothing built."""
+    cli = ParseOnly(
+        LacoatModule,
+        RetrievalDataModule,
+        args=[subcommand, *args] if subcommand else args,
+        run=subcommand is not None,
+        auto_configure_optimizers=False,
+    )
+    return cli.config[subcommand] if subcommand else cli.config
+
+
+@pytest.fixture(scope="module")
+def parser():
+    """LacoatCLI's parser (``fit``'s arguments), made once: parsing with it is quick."""
+    return ParseOnly(
+        LacoatModule,
+        RetrievalDataModule,
+        args=configs_args(["demo.yaml"]),
+        run=False,
+        auto_configure_optimizers=False,
+    ).parser
+
+
+def settings(parser, configs: list[str], *more: str) -> dict:
+    """What the stack ``configs`` (paths under configs/) and ``more`` set: the parsed config as a dict,
+    without the list of files read and without the run folder (which the stack names)."""
+    parsed = parser.parse_args([*configs_args(configs), *more]).as_dict()
+    parsed.pop("config")
+    parsed["trainer"].pop("default_root_dir")
+    return parsed
+
+
+def leaves(tree, prefix: str = "") -> dict[str, object]:
+    """A nested dict's values by dotted key (a list counts as one value)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, value in tree.items() for k, v in leaves(value, f"{prefix}{key}.").items()}
+
+
+def differences(a: dict, b: dict) -> set[str]:
+    """The dotted keys whose values differ between two nested dicts (or that one of them lacks)."""
+    a, b = leaves(a), leaves(b)
+    return {key.removesuffix(".") for key in set(a) | set(b) if a.get(key, "<none>") != b.get(key, "<none>")}
+
+
+def within(key: str, prefixes: tuple[str, ...]) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in prefixes)
+
+
+def names_a_run_folder(config: str) -> bool:
+    """Whether a file under configs/ sets ``trainer.default_root_dir``."""
+    return "default_root_dir" in (yaml.safe_load((CONFIGS / config).read_text()).get("trainer") or {})
+
+
+# ---- configs/ holds what these tests parse, and nothing else ------------------------------------
+def test_every_config_file_is_parsed_by_a_test():
+    everything = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*") if p.is_file()}
+    parsed = {"demo.yaml", *PAPER, *DATA_FRAGMENTS, *VARIANTS, *RECIPES} | {
+        fragment for stack in PAPER.values() for fragment in stack
+    }
+    assert everything == parsed, "a config no test parses (or a test of a missing one)"
+    assert all(name.endswith(".yaml") for name in everything)
+    assert set(AXES) | {"recipes"} == {p.name for p in (CONFIGS / "demo").iterdir()}
+
+
+def test_demo_variant_names_are_unique():
+    """A stack's run folder and W&B run are named from the files' stems: a stem must say which file."""
+    stems = [stem(v) for v in [*VARIANTS, *RECIPES]] + ["demo"]
+    assert len(stems) == len(set(stems))
+
+
+# ---- paper configs: whole files, each its stack of fragments ------------------------------------
+@pytest.mark.parametrize("config", sorted(PAPER))
+def test_paper_config_is_its_fragments(parser, config):
+    whole = settings(parser, [config])
+    stacked = settings(parser, PAPER[config])
+    assert whole == stacked, f"{config} differs from its fragments at {sorted(differences(whole, stacked))}"
+    own = yaml.safe_load((CONFIGS / config).read_text())["trainer"]["default_root_dir"]
+    assert own == f"runs/{stem(config)}"
+
+
+@pytest.mark.parametrize("fragment", DATA_FRAGMENTS)
+def test_data_fragment_parses_alone_as_lacoat_inspect_reads_it(fragment):
+    parser = sections_parser("lacoat inspect", "", {"data": RetrievalDataModule})
+    cfg = parser.parse_args(["--config", str(CONFIGS / fragment)])
+    assert cfg.data.source.init_args.root == f"data/{stem(fragment)}"
+    assert cfg.model is None and cfg.trainer is None  # a data section alone
+
+
+def test_print_config_prints_a_paper_config(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "clotho_iter.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["default_root_dir"] == "runs/clotho_iter"
+    assert printed["model"]["matcher"]["init_args"]["cascade"]["class_path"].endswith("IteratingCascade")
+    assert printed["model"]["objective"]["init_args"]["loss"]["init_args"]["aux_weight"] == 0.5
+    assert printed["data"]["source"]["init_args"]["root"] == "data/clotho"
+    assert "sample_rate" not in printed["data"]  # linked to the audio encoder's: no setting of its own
+
+
+# ---- demo variants: each sets its own axis only, so variants of different axes commute ----------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_demo_variant_sets_only_its_axis(parser, variant):
+    changed = differences(settings(parser, ["demo.yaml"]), settings(parser, ["demo.yaml", variant]))
+    assert changed, f"{variant} changes nothing"
+    outside = {key for key in changed if not within(key, AXES[axis_of(variant)])}
+    assert not outside, f"{variant} sets {sorted(outside)}, outside its axis '{axis_of(variant)}'"
+    assert not names_a_run_folder(variant), f"{variant} names a run folder: the stack names it"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [(a, b) for a, b in itertools.combinations(VARIANTS, 2) if axis_of(a) != axis_of(b)],
+)
+def test_demo_variants_of_different_axes_commute(parser, first, second):
+    one_way = settings(parser, ["demo.yaml", first, second])
+    other_way = settings(parser, ["demo.yaml", second, first])
+    assert one_way == other_way, f"they differ at {sorted(differences(one_way, other_way))}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+@pytest.mark.parametrize("head", [None, "demo/head/biencoder.yaml"])
+def test_demo_recipe_parses_after_a_head(parser, recipe, head):
+    alone, recipe_set = settings(parser, ["demo.yaml"]), settings(parser, ["demo.yaml", recipe])
+    assert differences(alone, recipe_set) and not names_a_run_folder(recipe)
+    if head:  # the head variant still decides the head
+        with_head = settings(parser, ["demo.yaml", head, recipe])
+        assert differences(recipe_set, with_head) == differences(alone, settings(parser, ["demo.yaml", head]))
+
+
+# ---- run folders: named from the stack ----------------------------------------------------------
+def root_of(configs: list[str], *more: str, subcommand: str = "fit") -> str:
+    return parse_only([*configs_args(configs), *more], subcommand).trainer.default_root_dir
+
+
+@pytest.mark.parametrize("config", ["demo.yaml", *sorted(PAPER)])
+def test_a_config_alone_keeps_its_run_folder(config):
+    assert root_of([config]) == f"runs/{stem(config)}"
+
+
+@pytest.mark.parametrize(
+    ("stack", "folder"),
+    [
+        (["demo.yaml", "demo/budget/long.yaml"], "runs/demo+long"),
+        (
+            ["demo.yaml", "demo/budget/long.yaml", "demo/negatives/order_negatives.yaml"],
+            "runs/demo+long+order_negatives",
+        ),
+        (["demo.yaml", "demo/head/biencoder.yaml", RECIPE], "runs/demo+biencoder+twins"),
+        (PAPER["clotho_iter.yaml"], "runs/paper+clotho+clap_roberta+iter"),  # the base names none
+    ],
+)
+def test_a_stack_names_its_run_folder_and_test_finds_the_same(stack, folder):
+    assert root_of(stack) == folder
+    assert root_of(stack, subcommand="test") == folder  # where `lacoat test` looks for the best checkpoint
+
+
+def test_different_stacks_write_to_different_run_folders():
+    stacks = [
+        ["demo.yaml"],
+        ["demo.yaml", "demo/budget/long.yaml"],
+        ["demo.yaml", "demo/budget/long.yaml", "demo/negatives/order_negatives.yaml"],
+        ["demo.yaml", "demo/negatives/order_negatives.yaml"],
+        ["demo.yaml", "demo/head/single.yaml"],
+        ["demo.yaml", RECIPE],
+    ]
+    folders = [root_of(stack) for stack in stacks]
+    assert len(set(folders)) == len(stacks), folders
+
+
+def test_a_run_folder_given_on_the_command_line_wins(tmp_path):
+    stack = ["demo.yaml", "demo/budget/long.yaml"]
+    assert root_of(stack, f"--trainer.default_root_dir={tmp_path}") == str(tmp_path)
+    assert root_of(stack, f"--trainer.default_root_dir={tmp_path}", subcommand="test") == str(tmp_path)
+    assert root_of(["demo.yaml"], f"--trainer.default_root_dir={tmp_path}") == str(tmp_path)
+
+
+def test_the_run_folder_names_the_logs_folder():
+    config = parse_only(configs_args(["demo.yaml", "demo/budget/long.yaml"]))
+    assert config.trainer.logger.init_args.save_dir == "runs/demo+long"  # logs go where the checkpoints go
+
+
+# ---- builds (tiny random weights) ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
@@ -64,12 +308,12 @@ def build(tmp_path, configs, override):
     return cli.model, cli.datamodule
 
 
-def test_configs_are_all_here():
+def test_top_level_configs_are_the_demo_and_the_paper_configs():
     names = {f"{d}_{h}.yaml" for d in ("clotho", "audiocaps") for h in EXPECTED_HEAD} | {"demo.yaml"}
-    assert names == set(CONFIGS)
+    assert names == {p.name for p in CONFIGS.glob("*.yaml")} == set(PAPER) | {"demo.yaml"}
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if c != "demo.yaml"])
+@pytest.mark.parametrize("config", sorted(PAPER))
 def test_paper_config_builds_with_real_loading_paths(tmp_path, config, weights, synthcaps):
     root = synthcaps if config.startswith("clotho") else weights / "audiocaps"
     model, data = build(
@@ -92,6 +336,7 @@ data:
     assert isinstance(model.matcher.cascade, EXPECTED_HEAD[head])
     assert model.matcher.audio_encoder.dim == 768 and model.matcher.text_encoder.dim == 32
     assert model.matcher.audio_encoder.sample_rate == data.train_loader.sample_rate == 48000
+    assert model.objective.loss.aux_weight == (0.0 if head == "biencoder" else 0.5)
     if model.matcher.cascade is not None:
         assert model.matcher.cascade.dim == 512
     # the CLAP weights came from the checkpoint file
@@ -102,69 +347,65 @@ data:
     assert torch.equal(loaded[name].detach(), state[key])
 
 
-@pytest.mark.parametrize("variant", [None, *(v for v in VARIANTS if v != RECIPE)])
+@pytest.mark.parametrize("variant", [None, *VARIANTS])
 def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
-    refines = {"count_rewrites_all.yaml", "count_edits_both.yaml"}
-    before = ["count_negatives_both.yaml"] if variant in refines else []  # the variant it refines
-    configs = ["demo.yaml"] + [f"demo_variants/{v}" for v in [*before, variant] if v]
+    configs = ["demo.yaml"] + ([variant] if variant else [])
     model, data = build(tmp_path, configs, f"data:\n  source:\n    init_args: {{root: {synthcaps}}}\n")
+    name = stem(variant) if variant else None
     assert model.matcher.audio_encoder.sample_rate == data.train_loader.sample_rate == 16000
-    expected = {
-        None: IteratingCascade,
-        "single.yaml": SingleCascade,
-        "stack.yaml": StackingCascade,
-        "augmented.yaml": IteratingCascade,
-        "long.yaml": IteratingCascade,
-        "order_negatives.yaml": IteratingCascade,
-        "count_negatives.yaml": IteratingCascade,
-        "count_negatives_both.yaml": IteratingCascade,
-        "count_rewrites_all.yaml": IteratingCascade,
-        "count_edits_both.yaml": IteratingCascade,
-        "audio_tokens_160ms.yaml": IteratingCascade,
-        "text_finetune.yaml": IteratingCascade,
-        "text_finetune_top2.yaml": IteratingCascade,
-        "pool_mass.yaml": IteratingCascade,
-        "train_shift.yaml": IteratingCascade,
-        "audio_glimpses.yaml": IteratingCascade,
-    }
-    assert isinstance(model.matcher.cascade, expected.get(variant, type(None)))
-    assert data.train_loader.max_shift_seconds == (0.32 if variant == "train_shift.yaml" else 0.0)
+    expected = {"single": SingleCascade, "stack": StackingCascade, "biencoder": type(None)}
+    assert isinstance(model.matcher.cascade, expected.get(name, IteratingCascade))
+    assert data.train_loader.max_shift_seconds == (0.32 if name == "train_shift" else 0.0)
     assert data.eval_loader.max_shift_seconds == 0.0
-    assert model.matcher.audio_encoder.pool_frames == (8 if variant == "audio_tokens_160ms.yaml" else 16)
-    assert (model.matcher.audio_pool.mass, model.matcher.text_pool.mass) == (
-        variant == "pool_mass.yaml",
-        False,
-    )
-    assert model.matcher.audio_pool.mlp[-1].out_features == (3 if variant == "audio_glimpses.yaml" else 1)
+    assert model.matcher.audio_encoder.pool_frames == (8 if name == "audio_tokens_160ms" else 16)
+    assert (model.matcher.audio_pool.mass, model.matcher.text_pool.mass) == (name == "pool_mass", False)
+    assert model.matcher.audio_pool.mlp[-1].out_features == (3 if name == "audio_glimpses" else 1)
+    assert (model.objective.pairs, model.objective.hard_negatives) == ("hard_negatives", 3)
     assert model.objective.text_rewrites == {
-        "order_negatives.yaml": ["order"],
-        "count_negatives.yaml": ["count"],
-        "count_negatives_both.yaml": ["count"],
-        "count_rewrites_all.yaml": ["count"] * 4,
-        "count_edits_both.yaml": ["count"],
-    }.get(variant, [])
+        "order_negatives": ["order"],
+        "count_negatives": ["count"],
+        "count_negatives_both": ["count"],
+        "count_rewrites_all": ["count"] * 4,
+        "count_edits_both": ["count"],
+    }.get(name, [])
     assert model.objective.audio_edits == {
-        "order_negatives.yaml": ["order"],
-        "count_negatives_both.yaml": ["count"],
-        "count_rewrites_all.yaml": ["count"],
-        "count_edits_both.yaml": ["count"] * 2,
-    }.get(variant, [])
-    fine_tuned = variant in ("text_finetune.yaml", "text_finetune_top2.yaml")
+        "order_negatives": ["order"],
+        "count_negatives_both": ["count"],
+        "count_rewrites_all": ["count"],
+        "count_edits_both": ["count"] * 2,
+    }.get(name, [])
+    fine_tuned = name in ("text_finetune", "text_finetune_top2")
     text_params = dict(model.matcher.text_encoder.named_parameters())
-    trained = {name for name, p in text_params.items() if p.requires_grad}
-    if variant == "text_finetune_top2.yaml":  # MiniLM's top 2 of 6 layers
-        assert {name.split(".")[3] for name in trained} == {"4", "5"}
-        assert all(name.startswith("model.encoder.layer.") for name in trained)
+    trained = {n for n, p in text_params.items() if p.requires_grad}
+    if name == "text_finetune_top2":  # MiniLM's top 2 of 6 layers
+        assert {n.split(".")[3] for n in trained} == {"4", "5"}
+        assert all(n.startswith("model.encoder.layer.") for n in trained)
     else:
         assert trained == (set(text_params) if fine_tuned else set())
     assert model.text_encoder_lr == (3e-5 if fine_tuned else model.encoder_lr)
 
 
-@pytest.mark.parametrize("head", [[], ["--config", "configs/demo_variants/biencoder.yaml"]])
-def test_twins_recipe_is_the_studys_stack_of_variants(tmp_path, synthcaps, head):
+def load_study():
     spec = importlib.util.spec_from_file_location("study", REPO / "benchmarks" / "study.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
+    return study
+
+
+def test_every_option_of_the_study_parses(parser, monkeypatch):
+    """benchmarks/study.py fits ``configs/demo.yaml`` + each row's ``--config FILE`` and ``--key value``
+    pairs (from the repository): each pair the rows use parses after demo.yaml."""
+    monkeypatch.chdir(REPO)
+    rows = load_study().RUNS.values()
+    assert all(len(args) % 2 == 0 and all(a.startswith("--") for a in args[::2]) for args in rows)
+    pairs = {tuple(args[i : i + 2]) for args in rows for i in range(0, len(args), 2)}
+    for pair in sorted(pairs):
+        assert parser.parse_args(["--config", "configs/demo.yaml", *pair]), pair
+
+
+@pytest.mark.parametrize("head", [[], ["--config", "configs/demo/head/biencoder.yaml"]])
+def test_twins_recipe_is_the_studys_stack_of_variants(tmp_path, synthcaps, head):
+    study = load_study()
 
     def config(*more):
         cli = parse(
@@ -175,9 +416,13 @@ def test_twins_recipe_is_the_studys_stack_of_variants(tmp_path, synthcaps, head)
         settings.pop("config")  # the files it was read from
         return settings, cli.model
 
-    recipe, model = config("--config", f"configs/demo_variants/{RECIPE}")
+    recipe, model = config("--config", f"configs/{RECIPE}")
     stacked, _ = config(*study.RUNS[RECIPE_RUN])
     assert recipe == stacked
     assert recipe["trainer"]["max_epochs"] == 7 and recipe["data"]["train_shift_seconds"] == 0.32
     assert model.matcher.audio_pool.mass and model.matcher.audio_pool.mlp[-1].out_features == 3
+    assert model.objective.text_rewrites == ["order", "count"] and model.objective.audio_edits == [
+        "order",
+        "count",
+    ]
     assert isinstance(model.matcher.cascade, IteratingCascade if not head else type(None))

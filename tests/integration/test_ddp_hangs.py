@@ -20,10 +20,11 @@ import lightning as L
 import torch
 from torch import nn
 
-from lacoat.losses import NTXentLoss
+from lacoat.train.losses import NTXentLoss
 from lacoat.models.cascade import IteratingCascade
 from lacoat.models.matcher import AudioTextMatcher
-from lacoat.module import LacoatModule
+from lacoat.train.module import LacoatModule
+from lacoat.train.objectives import PairObjective
 
 D = 8
 
@@ -79,7 +80,7 @@ matcher = AudioTextMatcher(Stub(), Stub(), IteratingCascade(D, 2, layers=1), d_m
 SKIP_ALL_ON_ONE_RANK = (
     COMMON
     + """
-model = LacoatModule(matcher, NTXentLoss(temperature=0.1, aux_weight=0.5), gather_negatives=True)
+model = LacoatModule(matcher, PairObjective(NTXentLoss(temperature=0.1, aux_weight=0.5)), gather_negatives=True)
 trainer = L.Trainer(
     accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False, enable_checkpointing=False,
     enable_progress_bar=False, enable_model_summary=False,
@@ -98,7 +99,7 @@ from pathlib import Path
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lacoat.resume import ResumeCheckpoint
+from lacoat.train.resume import ResumeCheckpoint
 
 
 class Slow(L.Callback):  # a step every 0.2 s; each rank's pid and step on disk for the test
@@ -107,7 +108,7 @@ class Slow(L.Callback):  # a step every 0.2 s; each rank's pid and step on disk 
         time.sleep(0.2)
 
 
-model = LacoatModule(matcher, NTXentLoss(temperature=0.1, aux_weight=0.5))
+model = LacoatModule(matcher, PairObjective(NTXentLoss(temperature=0.1, aux_weight=0.5)))
 checkpoints = ModelCheckpoint(dirpath="checkpoints", save_top_k=0)
 trainer = L.Trainer(
     accelerator="cpu", devices=2, strategy="ddp", max_steps=400, logger=False, enable_progress_bar=False,

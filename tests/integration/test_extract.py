@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from lacoat.config import instantiate_sections
+from lacoat.cli.config import instantiate_sections
 from lacoat.data.datamodule import RetrievalDataModule
 from lacoat.errors import DataError
-from lacoat.module import LacoatModule
+from lacoat.train.module import LacoatModule
 from tests.conftest import REPO
 from tests.helpers import save_tiny_text_model
 
@@ -58,14 +58,15 @@ def write_config(
                     "embed_dim": 16,
                 },
             },
-            "loss": {"class_path": "lacoat.losses.NTXentLoss"},
+            "objective": {
+                "class_path": "lacoat.train.objectives.PairObjective",
+                "init_args": {"loss": {"class_path": "lacoat.train.losses.NTXentLoss"}},
+            },
         },
         "data": {
             "source": {"class_path": "lacoat.data.Clotho", "init_args": {"root": str(synthcaps)}},
             "batch_size": 4,
             "num_workers": 0,
-            "sample_rate": 16000,
-            "window_seconds": 4.0,
             "feature_cache": str(cache),
         },
     }
@@ -124,7 +125,7 @@ def first_batch(data: RetrievalDataModule, stage: str = "fit") -> dict:
 def test_cached_batches_match_online_encoding(tmp_path, synthcaps, text_model):
     config = write_config(tmp_path, synthcaps, tmp_path / "cache", text_model)
     model, data = build(config)
-    from lacoat.extract import extract
+    from lacoat.train.extract import extract
 
     extract(data, model.matcher.audio_encoder, model.matcher.text_encoder, ["train", "test"], shard_size=8)
     online = first_batch(data)
@@ -181,7 +182,7 @@ def test_killed_extract_resumes_to_the_same_cache(tmp_path, synthcaps, text_mode
 def test_changed_encoder_setting_does_not_use_the_cache(tmp_path, synthcaps, text_model, caplog):
     cache = tmp_path / "cache"
     model, data = build(write_config(tmp_path, synthcaps, cache, text_model, max_length=24))
-    from lacoat.extract import extract
+    from lacoat.train.extract import extract
 
     extract(data, None, model.matcher.text_encoder, ["train"], shard_size=64)
     model, data = build(write_config(tmp_path, synthcaps, cache, text_model, max_length=12))
@@ -199,7 +200,7 @@ def test_changed_audio_file_makes_the_cache_stale(tmp_path, synthcaps, text_mode
     shutil.copytree(synthcaps, data_root)
     config = write_config(tmp_path, data_root, tmp_path / "cache", text_model)
     model, data = build(config)
-    from lacoat.extract import extract
+    from lacoat.train.extract import extract
 
     extract(data, model.matcher.audio_encoder, None, ["test"], shard_size=4)
     clip = sorted((data_root / "evaluation").iterdir())[0]
@@ -213,7 +214,7 @@ def test_changed_audio_file_makes_the_cache_stale(tmp_path, synthcaps, text_mode
 def test_truncated_cache_file_is_a_clear_error(tmp_path, synthcaps, text_model):
     config = write_config(tmp_path, synthcaps, tmp_path / "cache", text_model)
     model, data = build(config)
-    from lacoat.extract import extract
+    from lacoat.train.extract import extract
 
     extract(data, None, model.matcher.text_encoder, ["test"], shard_size=8)
     shard = sorted((tmp_path / "cache").rglob("shard-00001.pt"))[0]
@@ -230,7 +231,7 @@ def test_truncated_cache_file_is_a_clear_error(tmp_path, synthcaps, text_model):
 
 def test_fit_and_test_read_the_cache(tmp_path, synthcaps, text_model, caplog):
     from lacoat.cli import main
-    from lacoat.extract import extract
+    from lacoat.train.extract import extract
 
     config = write_config(tmp_path, synthcaps, tmp_path / "cache", text_model)
     model, data = build(config)
@@ -265,7 +266,7 @@ def test_unreadable_clip_is_listed_not_cached(tmp_path, synthcaps, text_model):
     config = write_config(tmp_path, data_root, tmp_path / "cache", text_model)
     model, data = build(config)
     data.check_audio = False  # let the broken file reach extraction (a decode error, not a header one)
-    from lacoat.extract import extract
+    from lacoat.train.extract import extract
 
     bad = sorted((data_root / "evaluation").iterdir())[1]
     bad.write_bytes(b"RIFF" + b"\0" * 40)

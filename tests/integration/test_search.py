@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 from lacoat.cli import main
+from lacoat.data import folders
 from lacoat.errors import LacoatError
-from lacoat.retrieval import library as lib
-from lacoat.retrieval.library import build_index, load_model, search
+from lacoat.models.factory import load_matcher
+from lacoat.retrieval.index import build_index
+from lacoat.retrieval.search import search
 from lacoat.retrieval.store import IndexStore
 from tests.helpers import write_tone
 from tests.integration.test_train import write_config
@@ -59,8 +61,8 @@ def one_line_error(capsys, *argv) -> str:
 
 
 def test_checkpoint_rebuilds_the_model_without_a_config(checkpoint):
-    model = load_model(checkpoint)
-    assert type(model.matcher.cascade).__name__ == "IteratingCascade" and not model.training
+    matcher, _ = load_matcher(checkpoint, "both")
+    assert type(matcher.cascade).__name__ == "IteratingCascade" and not matcher.training
 
 
 def test_index_search_and_incremental_update(checkpoint, library, tmp_path, capsys):
@@ -237,7 +239,7 @@ def test_read_segments_streams_what_read_audio_reads(tmp_path):
     path = tmp_path / "a.wav"
     write_tone(path, seconds=9.3, sample_rate=44100, channels=2, freq=220.0)
     whole = read_audio(path, 16000)
-    parts = list(lib.read_segments(path, 16000, 3 * 16000, block_seconds=0.7))
+    parts = list(folders.read_segments(path, 16000, 3 * 16000, block_seconds=0.7))
     assert [s for s, _ in parts] == [0, 48000, 96000]  # 3 + 3 + 3.3 s: the last takes the rest
     joined = np.concatenate([w for _, w in parts])
     assert len(joined) == len(whole)
@@ -295,10 +297,10 @@ def test_ctrl_c_is_one_line_and_not_zero(checkpoint, library, tmp_path, capsys, 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lib, "search", interrupted)
+    monkeypatch.setattr("lacoat.retrieval.search.search", interrupted)
     code, _, err = run_cli(capsys, "search", "--index", out, "a bell")
     assert code == 130 and err.strip() == "lacoat search: interrupted"
-    monkeypatch.setattr(lib, "build_index", interrupted)
+    monkeypatch.setattr("lacoat.retrieval.index.build_index", interrupted)
     code, _, err = run_cli(capsys, "index", "--ckpt", checkpoint, "--audio_dir", library, "--out", out)
     assert code == 130 and len(err.strip().splitlines()) == 1 and "re-run the same command" in err
 
@@ -375,7 +377,7 @@ def test_a_messy_library_indexes_every_readable_file(checkpoint, tmp_path, monke
     if os.geteuid() == 0:  # root reads a chmod-000 file anyway: let the check see what a user would
         real_access = os.access
         monkeypatch.setattr(
-            lib.os, "access", lambda p, m: not str(p).endswith("locked.wav") and real_access(p, m)
+            folders.os, "access", lambda p, m: not str(p).endswith("locked.wav") and real_access(p, m)
         )
     out = tmp_path / "messy.idx"
     code, printed, _ = run_cli(
@@ -402,8 +404,8 @@ def test_a_messy_library_indexes_every_readable_file(checkpoint, tmp_path, monke
 def test_queries_use_the_saved_text_encoder_and_rank_as_transformers_does(checkpoint, library, tmp_path):
     import torch
 
-    from lacoat.retrieval.library import Library
     from lacoat.retrieval.query_encoder import SETTINGS, TRACED, TracedTextEncoder
+    from lacoat.retrieval.search import Library
 
     out = tmp_path / "lib.idx"
     build_index(str(checkpoint), str(library), str(out))

@@ -7,7 +7,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from lacoat.cli import main
-from lacoat.retrieval.library import Library, build_index
+from lacoat.retrieval.index import build_index
+from lacoat.retrieval.search import Library
 from lacoat.retrieval.serve import create_app
 from tests.integration.test_search import checkpoint, library, one_line_error  # noqa: F401 (fixtures)
 

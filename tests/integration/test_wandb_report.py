@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 
 from lacoat.cli import main
-from lacoat.lightning_cli import name_wandb_run
+from lacoat.cli.lightning import name_wandb_run
 from tests.helpers import read_wandb_run
 from tests.integration.test_train import write_config
 
 WANDB = "class_path: lightning.pytorch.loggers.WandbLogger\n    init_args: {{save_dir: {root}, project: lacoat-test}}"
 CALLBACK = """  callbacks:
-    - class_path: lacoat.callbacks.RetrievalExamples
+    - class_path: lacoat.evaluation.examples.RetrievalExamples
       init_args: {n_queries: 4, top_k: 3, n_maps: 2, seed: 1}
 model:"""
 
@@ -155,7 +155,7 @@ def test_explain_draws_the_checkpoints_attention(report, synthcaps, tmp_path, ca
 def test_log_model_is_dropped_offline_with_a_warning(monkeypatch, caplog):
     monkeypatch.setenv("WANDB_MODE", "offline")
     init_args = {"name": None, "group": None, "log_model": True, "offline": False}
-    with caplog.at_level(logging.WARNING, logger="lacoat.lightning_cli"):
+    with caplog.at_level(logging.WARNING, logger="lacoat.cli.lightning"):
         name_wandb_run(init_args, ["demo", "single"])
     assert init_args["log_model"] is False and "log_model turned off" in caplog.text
     assert init_args["group"] == "demo+single" and init_args["name"].startswith("demo+single-")

@@ -2,7 +2,7 @@
 
 import torch
 
-from lacoat.audio_edits import (
+from lacoat.negatives.audio_edits import (
     ORDER_EDIT,
     count_edit,
     edit_windows,

@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
+from lacoat.contracts import Tokens
 from lacoat.errors import ModelError
 from lacoat.models.attention import GuidedAttention, SelfAttention
 from lacoat.models.cascade import IteratingCascade, SingleCascade, StackingCascade
-from lacoat.models.matcher import AudioTextMatcher, Tokens
+from lacoat.models.matcher import AudioTextMatcher
 from lacoat.models.pooling import AttentionPool, MaskedMeanPool
 
 D, H = 16, 4

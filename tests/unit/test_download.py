@@ -23,7 +23,7 @@ NAMES = [" leading space.wav", "comma, and 'quotes'.wav", "caf\u00e9 d&#39;eau.w
 
 @pytest.fixture(scope="module")
 def aac():
-    from lacoat.download import import_aac_datasets
+    from lacoat.data.download import import_aac_datasets
 
     try:
         return import_aac_datasets()
@@ -143,7 +143,7 @@ def test_network_failure_is_one_clear_line(aac, tmp_path, monkeypatch, capsys):
 
 
 def test_missing_package_says_how_to_install(monkeypatch, tmp_path):
-    from lacoat import download
+    from lacoat.data import download
 
     monkeypatch.setitem(sys.modules, "aac_datasets", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "aac_datasets.datasets.functional", None)

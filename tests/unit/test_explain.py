@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lacoat.errors import ModelError
-from lacoat.explain import (
+from lacoat.evaluation.attention_maps import (
     attention_figure,
     attention_map,
     draw_attention_map,

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lacoat.losses import NTXentLoss, hardest_negatives, same_clip_mask
+from lacoat.train.losses import NTXentLoss, hardest_negatives, same_clip_mask
 
 
 def _cos_sim(b: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:

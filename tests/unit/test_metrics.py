@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalMAP
 
-from lacoat.metrics import directional_metrics, metric_names, retrieval_metrics
+from lacoat.evaluation.metrics import directional_metrics, metric_names, retrieval_metrics
 
 
 def ranked_rows(n_items: int, relevant_ranks: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

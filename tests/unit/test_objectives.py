@@ -5,11 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lacoat.contracts import Tokens
 from lacoat.errors import LacoatError
-from lacoat.losses import NTXentLoss
 from lacoat.models.cascade import IteratingCascade
-from lacoat.models.matcher import AudioTextMatcher, Tokens
-from lacoat.objectives import PairObjective
+from lacoat.models.matcher import AudioTextMatcher
+from lacoat.train.losses import NTXentLoss
+from lacoat.train.objectives import PairObjective
 from tests.unit.test_coattention import D, H, StubEncoder, seqs
 
 pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons
@@ -127,9 +128,9 @@ class WordEncoder(torch.nn.Module):
     [(["order"], 1), (["count"], 1), (["order", "count"], 1), (["order", "count"], 3)],
 )
 def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds, count_rewrites):
-    from lacoat.losses import ExtraNegatives
-    from lacoat.order_negatives import reverse_order
-    from lacoat.text_negatives import count_changes
+    from lacoat.negatives.order import reverse_order
+    from lacoat.negatives.text import count_changes
+    from lacoat.train.losses import ExtraNegatives
 
     matcher = make_matcher(text_encoder=WordEncoder(D))
     loss = NTXentLoss(temperature=0.1, aux_weight=0.5)
@@ -187,7 +188,7 @@ def test_text_negatives_meet_each_clip_with_its_caption_rewritten(pairs, kinds, 
 
 
 def test_count_edits_need_count_negatives_on_the_audio_side():
-    with pytest.raises(LacoatError, match="count_edits is 2, but model.count_negatives is 'text'"):
+    with pytest.raises(LacoatError, match="count_edits is 2, but count_negatives is 'text'"):
         PairObjective(NTXentLoss(), count_negatives="text", count_edits=2)
     with pytest.raises(LacoatError, match="count_edits is 3"):
         PairObjective(NTXentLoss(), count_negatives="audio", count_edits=3)
@@ -195,15 +196,15 @@ def test_count_edits_need_count_negatives_on_the_audio_side():
 
 
 def test_count_rewrites_need_count_negatives_on_the_text_side():
-    with pytest.raises(LacoatError, match="count_rewrites is 4, but model.count_negatives is 'audio'"):
+    with pytest.raises(LacoatError, match="count_rewrites is 4, but count_negatives is 'audio'"):
         PairObjective(NTXentLoss(), count_negatives="audio", count_rewrites=4)
     with pytest.raises(LacoatError, match="count_rewrites is 0"):
         PairObjective(NTXentLoss(), count_negatives="text", count_rewrites=0)
 
 
 def test_audio_order_negatives_meet_each_ordered_caption_with_its_clip_swapped():
-    from lacoat.audio_edits import swap_token_halves
-    from lacoat.losses import ExtraNegatives
+    from lacoat.negatives.audio_edits import swap_token_halves
+    from lacoat.train.losses import ExtraNegatives
 
     matcher, loss = make_matcher(), NTXentLoss(temperature=0.1, aux_weight=0.5)
     batch = make_batch([0, 1, 2, 3])
@@ -242,9 +243,9 @@ class FrameEncoder(torch.nn.Module):
 @pytest.mark.parametrize("pairs", ["full", "hard_negatives"])
 @pytest.mark.parametrize("count_edits", [1, 2])
 def test_audio_count_negatives_meet_each_counting_caption_with_its_clip_recounted(pairs, count_edits):
-    from lacoat.audio_edits import recount, swap_at_pause
-    from lacoat.losses import ExtraNegatives
-    from lacoat.text_negatives import pick
+    from lacoat.negatives.audio_edits import recount, swap_at_pause
+    from lacoat.negatives.text import pick
+    from lacoat.train.losses import ExtraNegatives
     from tests.unit.test_audio_edits import clip
 
     matcher = make_matcher(audio_encoder=FrameEncoder(D), text_encoder=WordEncoder(D))

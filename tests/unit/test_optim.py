@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lacoat.optim import WarmupCosine, make_scheduler, param_groups
+from lacoat.train.optim import WarmupCosine, make_scheduler, param_groups
 
 
 def optimizer() -> torch.optim.Optimizer:

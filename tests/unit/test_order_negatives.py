@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from lacoat.losses import ExtraNegatives, NTXentLoss
-from lacoat.order_negatives import reverse_order, states_order
+from lacoat.negatives.order import reverse_order, states_order
+from lacoat.train.losses import ExtraNegatives, NTXentLoss
 
 
 def test_captions_that_state_an_order():
@@ -91,7 +91,7 @@ def test_reverse_order(caption, reversed_):
 
 
 def test_rewritten_marks_the_reversed_captions():
-    from lacoat.text_negatives import rewritten
+    from lacoat.negatives.text import rewritten
 
     turned, done = rewritten(["A hum, then a click.", "A bell rings."], reverse_order)
     assert turned == ["A click, then a hum.", "A bell rings."] and done.tolist() == [True, False]

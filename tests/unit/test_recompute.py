@@ -182,7 +182,8 @@ def test_configs_and_checkpoints_from_before_the_share_still_load(tmp_path, caps
         "      audio_encoder: {class_path: lacoat.models.encoders.LogMelAudioEncoder}\n"
         "      text_encoder: {class_path: lacoat.models.encoders.HFTextEncoder, init_args: {model_name: x}}\n"
         "      recompute: true\n"
-        "  loss: {class_path: lacoat.losses.NTXentLoss}\n"
+        "  objective:\n    class_path: lacoat.train.objectives.PairObjective\n"
+        "    init_args: {loss: {class_path: lacoat.train.losses.NTXentLoss}}\n"
     )
     with pytest.raises(SystemExit) as done:  # parsed and type-checked, nothing built
         main(["fit", "--config", str(config), "--print_config"])

@@ -4,7 +4,8 @@ import json
 
 import pandas as pd
 
-from lacoat.data.synth import EVENT_TYPES, SPLITS, synthesize
+from lacoat.data.synth import SPLITS, synthesize
+from lacoat.data.synth_events import EVENT_TYPES
 
 
 def tree_digest(root):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lacoat.text_negatives import _repetition_changes, _thing_changes, change_count, count_changes, rewritten
+from lacoat.negatives.text import _repetition_changes, _thing_changes, change_count, count_changes, rewritten
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import torch
 from lacoat.data.datasets import EvalSet
 from lacoat.data.twins import read_twin_manifest
 from lacoat.errors import DataError
-from lacoat.evaluation import EvalScores, Evaluator
-from lacoat.metrics import twin_win_rates
+from lacoat.evaluation.evaluator import EvalScores, Evaluator
+from lacoat.evaluation.metrics import twin_win_rates
 
 
 def spec(name, captions, twin_of=None, change=None, change_event=None, states=None):

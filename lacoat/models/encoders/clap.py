@@ -224,6 +224,9 @@ class ClapAudioEncoder(AudioEncoder):
             checkpoint whose audio weights do not fit the branch (wrong size or fusion setting).
     """
 
+    sample_rate = 48000  # every published CLAP audio config (its instance reads its own config)
+    window_seconds = 10.0
+
     window_local = True  # HTSAT sees one window at a time
 
     def __init__(

@@ -1,0 +1,1 @@
+"""Evaluation: the retrieval evaluator, its metrics, the retrieval-examples report and attention maps."""

@@ -1,0 +1,1 @@
+"""Training: the LightningModule, its objectives and losses, optimisation, resume and feature extraction."""

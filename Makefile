@@ -24,6 +24,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e '.[dev,demo]' $(TORCH_SPEC)
+# aisfx pins numpy==1.23.0 and librosa==0.9.2, which would downgrade ours; lacoat only reads its weights
+# file (AisfxAudioEncoder), so it is installed without its dependencies and not listed in pyproject.toml.
+	$(PY) -m pip install --quiet --no-deps aisfx==0.1.2
 	touch $@
 
 test: install  ## fast, offline test suite

@@ -7,6 +7,7 @@ Names are imported on first use, so importing this package stays light (no ``tra
 from lacoat.lazy import lazy_exports
 
 _EXPORTS = {
+    "AisfxAudioEncoder": "lacoat.models.encoders.aisfx",
     "AudioEncoder": "lacoat.models.encoders.base",
     "TextEncoder": "lacoat.models.encoders.base",
     "ClapAudioEncoder": "lacoat.models.encoders.clap",

@@ -34,8 +34,6 @@ class LacoatModule(L.LightningModule):
         matcher: encoders, projections, cascade (or none: bi-encoder) and pools.
         objective: what a batch trains on: pairs, negatives and the NT-Xent loss
             (``lacoat.train.objectives.PairObjective``).
-        gather_negatives: under DDP, score this rank's captions and clips against the batches of
-            all ranks (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
         lr: learning rate of everything but the encoders.
         encoder_lr: learning rate of trainable encoder weights.
         text_encoder_lr: learning rate of a trainable text encoder, where it must differ from the
@@ -57,7 +55,6 @@ class LacoatModule(L.LightningModule):
         self,
         matcher: AudioTextMatcher,
         objective: PairObjective,
-        gather_negatives: bool = False,
         lr: float = 3e-4,
         encoder_lr: float = 1e-5,
         text_encoder_lr: float | None = None,
@@ -76,11 +73,6 @@ class LacoatModule(L.LightningModule):
         self.save_hyperparameters(ignore=["matcher", "objective", "optimizer", "lr_scheduler"])
         if "_instantiator" in self.hparams:
             self.save_hyperparameters()
-        if objective.has_negatives and gather_negatives:
-            raise LacoatError(
-                "model.objective's order_negatives and count_negatives do not combine with "
-                "gather_negatives yet; turn one off"
-            )
         if text_encoder_lr is not None and matcher.text_encoder.frozen:
             raise LacoatError(
                 f"model.text_encoder_lr is {text_encoder_lr}, but the text encoder is frozen, so nothing "
@@ -90,7 +82,6 @@ class LacoatModule(L.LightningModule):
         self.evaluator = Evaluator(
             matcher, eval_text_block, first_stage_trained=objective.loss.aux_weight > 0
         )
-        self.gather_negatives = gather_negatives
         self.lr, self.encoder_lr, self.weight_decay = lr, encoder_lr, weight_decay
         self.text_encoder_lr = encoder_lr if text_encoder_lr is None else text_encoder_lr
         self.optimizer, self.lr_scheduler = optimizer, lr_scheduler
@@ -131,7 +122,7 @@ class LacoatModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         skipped = float(batch.get("n_skipped", 0))  # items the loader dropped (data.on_bad_audio: skip)
         self.log("train/skipped", skipped, on_epoch=True, on_step=False, reduce_fx="sum", sync_dist=True)
-        gather = self._gather(sync_grads=True) if self.gather_negatives else None
+        gather = self._gather(sync_grads=True) if self.objective.gather_negatives else None
         has_items = "clip_index" in batch  # else every item of the batch was skipped: no step
         if gather is not None:  # the gathers need every rank: all skip the step if one has nothing
             has_items = self.trainer.strategy.reduce_boolean_decision(has_items, all=True)

@@ -60,6 +60,8 @@ class PairObjective:
             negatives (``lacoat.negatives.text.count_changes``; 1: the one a checksum picks).
         count_edits: on the audio side, 1: each counting caption meets its clip with one occurrence
             more or fewer (a checksum picks); 2: with both, two negatives.
+        gather_negatives: under DDP, score this rank's captions and clips against the batches of
+            all ranks (``full`` pairs and the bi-encoder; ``hard_negatives`` stays per rank).
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class PairObjective:
         count_negatives: Negatives | bool = "none",
         count_rewrites: int = 1,
         count_edits: Literal[1, 2] = 1,
+        gather_negatives: bool = False,
     ) -> None:
         if count_rewrites < 1:
             raise LacoatError(f"model.objective count_rewrites is {count_rewrites}; it must be 1 or more")
@@ -95,11 +98,12 @@ class PairObjective:
         # caption rewrites each clip meets as negatives, one column each of the audio → caption side
         self.text_rewrites = _columns(sides, "text", {"order": 1, "count": count_rewrites})
         self._warned = False  # about audio edits cached tokens cannot take
-
-    @property
-    def has_negatives(self) -> bool:
-        """Whether a batch meets order or count negatives besides its in-batch ones."""
-        return bool(self.audio_edits or self.text_rewrites)
+        if gather_negatives and (self.audio_edits or self.text_rewrites):
+            raise LacoatError(
+                "model.objective: order_negatives and count_negatives do not combine with "
+                "gather_negatives yet; turn one off"
+            )
+        self.gather_negatives = gather_negatives
 
     def __call__(
         self,

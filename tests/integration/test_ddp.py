@@ -41,7 +41,9 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     )  # 7 clips, 35 queries: odd
     config = write_config(tmp_path, data)
     ddp = ["--trainer.devices", "2", "--trainer.strategy", "ddp"]
-    lacoat("fit", "--config", str(config), *ddp, "--model.gather_negatives", "true")  # global-batch NT-Xent
+    lacoat(
+        "fit", "--config", str(config), *ddp, "--model.objective.gather_negatives", "true"
+    )  # global-batch NT-Xent
     best = list((tmp_path / "runs" / "checkpoints").glob("*/best-*.ckpt"))
     assert len(best) == 1, "both ranks must write to one checkpoint folder"
     folder = best[0].parent

@@ -80,7 +80,7 @@ matcher = AudioTextMatcher(Stub(), Stub(), IteratingCascade(D, 2, layers=1), d_m
 SKIP_ALL_ON_ONE_RANK = (
     COMMON
     + """
-model = LacoatModule(matcher, PairObjective(NTXentLoss(temperature=0.1, aux_weight=0.5)), gather_negatives=True)
+model = LacoatModule(matcher, PairObjective(NTXentLoss(temperature=0.1, aux_weight=0.5), gather_negatives=True))
 trainer = L.Trainer(
     accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False, enable_checkpointing=False,
     enable_progress_bar=False, enable_model_summary=False,

@@ -307,3 +307,10 @@ def test_count_negatives_true_means_the_text_side():
     objective = PairObjective(NTXentLoss(), count_negatives=True)
     assert objective.text_rewrites == ["count"] and objective.audio_edits == []
     assert PairObjective(NTXentLoss(), count_negatives="both").audio_edits == ["count"]
+
+
+def test_negatives_of_edits_do_not_combine_with_gathered_negatives():
+    loss = NTXentLoss(temperature=0.1)
+    assert PairObjective(loss, gather_negatives=True).gather_negatives
+    with pytest.raises(LacoatError, match="do not combine with gather_negatives"):
+        PairObjective(loss, order_negatives="both", gather_negatives=True)

@@ -12,7 +12,7 @@ endif
 export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 
-.PHONY: help install test test-slow test-all notebooks lint demo bench clean
+.PHONY: help install test test-slow test-all notebooks lint demo demo-scratch bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,10 +45,16 @@ lint: install  ## ruff
 	$(VENV)/bin/ruff check lacoat tests
 	$(VENV)/bin/ruff format --check lacoat tests
 
-demo: install  ## CPU demo: SynthCaps (made once) -> fit -> test, prints the test metrics
+demo: install  ## CPU demo, frozen encoders: SynthCaps (made once) -> extract (cached once) -> fit the head -> test
 	@test -f data/synthcaps/clotho_captions_evaluation.csv || $(VENV)/bin/lacoat synth --out data/synthcaps
+	$(VENV)/bin/lacoat extract --config configs/demo.yaml
 	$(VENV)/bin/lacoat fit --config configs/demo.yaml
 	$(VENV)/bin/lacoat test --config configs/demo.yaml
+
+demo-scratch: install  ## CPU demo, from scratch: a log-mel audio encoder trained with the head (runs/demo_scratch)
+	@test -f data/synthcaps/clotho_captions_evaluation.csv || $(VENV)/bin/lacoat synth --out data/synthcaps
+	$(VENV)/bin/lacoat fit --config configs/demo_scratch.yaml
+	$(VENV)/bin/lacoat test --config configs/demo_scratch.yaml
 
 bench: install  ## benchmarks -> benchmarks/results.json (~30 min on 2 cores; needs `make demo` first)
 	$(PY) benchmarks/bench.py --out benchmarks/results.json

@@ -1,7 +1,8 @@
 """The co-attention study: ``python benchmarks/study.py RUN [RUN ...] [--seeds 0 1 2]``, then ``--table``.
 
-Each run is ``lacoat fit`` + ``lacoat test`` (exhaustive and two-stage) of ``configs/demo.yaml`` with
-the config files and overrides named in ``RUNS``, once per seed, under ``runs/study/<run>/seed<k>``;
+Each run is ``lacoat fit`` + ``lacoat test`` (exhaustive and two-stage) of a regime's base config
+(``configs/demo_scratch.yaml``: from scratch; ``configs/demo.yaml``: frozen encoders, cached features)
+with the config files and overrides named in ``RUNS``, once per seed, under ``runs/study/<run>/seed<k>``;
 a cascade run is also tested two-stage with score fusion (``fused``: ``s_co + α·s_bi``, α of
 ``ALPHAS`` chosen by ``lacoat validate``'s ``val/t2a_mAP@10``, as the README tells users to choose it).
 Results (test metrics of both modes, fit seconds) accumulate in ``benchmarks/study.json``; ``--table``
@@ -35,6 +36,16 @@ HEADS = {
     "stacking": ["--config", "configs/demo/head/stack.yaml"],
     "biencoder": ["--config", "configs/demo/head/biencoder.yaml"],
 }
+# the frozen regime's heads besides: the bi-encoder of the cascade's depth, and towers then fusion
+FROZEN_HEADS = {
+    **HEADS,
+    "towers": ["--config", "configs/demo/head/towers.yaml"],
+    "towers_iterating": ["--config", "configs/demo/head/towers_iter.yaml"],
+}
+# the two regimes' base configs: a log-mel audio encoder trained with the head (from scratch), and
+# frozen aiSFX and MiniLM read from the feature cache with only the head trained (frozen)
+SCRATCH = ["--config", "configs/demo_scratch.yaml"]
+FROZEN = ["--config", "configs/demo.yaml"]
 HARD_BATCHES = ["--data.hard_share", "0.5", "--data.hard_neighbours", "2"]
 ORDER_NEGATIVES = ["--model.objective.init_args.order_negatives", "audio"]
 TEXT_ORDER_NEGATIVES = ["--model.objective.init_args.order_negatives", "text"]
@@ -65,7 +76,8 @@ def each_head(suffix: str, *more: str) -> dict[str, list[str]]:
     return {f"{head}{suffix}": LONG + args + list(more) for head, args in HEADS.items()}
 
 
-RUNS: dict[str, list[str]] = {
+# the from-scratch study (docs/study.md), each row after SCRATCH
+SCRATCH_RUNS: dict[str, list[str]] = {
     # the demo recipe (configs/demo.yaml) with each head: the same batches for all
     **{head: args for head, args in HEADS.items()},
     # ablations of the iterating recipe
@@ -187,6 +199,17 @@ RUNS: dict[str, list[str]] = {
     **{f"{head}_long_text_finetune": LONG + args + TEXT_FINETUNE for head, args in HEADS.items()},
     **{f"{head}_long_text_top2": LONG + args + TEXT_TOP2 for head, args in HEADS.items()},
 }
+# the frozen regime (configs/demo.yaml: aiSFX and MiniLM frozen, read from the feature cache; only
+# the head trains): each head at the demo budget, and with the twins negatives on both sides
+TWINS_NEGATIVES = ORDER_COUNT_BOTH
+FROZEN_RUNS: dict[str, list[str]] = {
+    **{f"frozen_{head}": args for head, args in FROZEN_HEADS.items()},
+    **{f"frozen_{head}_twins_negatives": args + TWINS_NEGATIVES for head, args in FROZEN_HEADS.items()},
+    **{f"frozen_{head}_long": LONG + args for head, args in FROZEN_HEADS.items()},
+}
+RUNS: dict[str, list[str]] = {name: SCRATCH + args for name, args in SCRATCH_RUNS.items()} | {
+    name: FROZEN + args for name, args in FROZEN_RUNS.items()
+}
 
 ALPHAS = [0.0, 0.25, 0.5, 1.0, 2.0]
 KEYS = [
@@ -208,9 +231,7 @@ class Run:
     def __init__(self, name: str, seed: int, runs: Path) -> None:
         self.name, self.root = name, runs / name / f"seed{seed}"
         self.args = [
-            "--config",
-            "configs/demo.yaml",
-            *RUNS[name],
+            *RUNS[name],  # the regime's base config first
             "--seed_everything",
             str(seed),
             "--data.seed",

@@ -19,6 +19,7 @@ from lacoat.cli.config import sections_parser
 from lacoat.cli.lightning import LacoatCLI
 from lacoat.data.datamodule import RetrievalDataModule
 from lacoat.models.cascade import IteratingCascade, SingleCascade, StackingCascade
+from lacoat.models.encoders import AisfxAudioEncoder, LogMelAudioEncoder
 from lacoat.train.module import LacoatModule
 from tests.conftest import REPO
 from tests.helpers import save_random_clap_checkpoint, save_tiny_text_model
@@ -29,6 +30,7 @@ EXPECTED_HEAD = {
     "stack": StackingCascade,
     "iter": IteratingCascade,
     "biencoder": type(None),
+    "towers": type(None),  # a bi-encoder of the cascade's depth: Towers, no cascade
 }
 # each paper config is a whole file, equal to this stack of fragments (test_paper_config_is_its_fragments)
 PAPER = {
@@ -45,10 +47,14 @@ DATA_FRAGMENTS = sorted(str(p.relative_to(CONFIGS)) for p in (CONFIGS / "data").
 # what a demo variant of each axis may set (dotted keys, and all below them): nothing else, so that
 # variants of different axes stack in any order to the same run
 AXES = {
-    "head": ("model.matcher.init_args.cascade", "model.matcher.init_args.d_model"),
     "budget": ("trainer.max_epochs", "trainer.max_steps"),
     "negatives": ("model.objective",),
     "text": ("model.matcher.init_args.text_encoder", "model.text_encoder_lr"),
+    "head": (
+        "model.matcher.init_args.cascade",
+        "model.matcher.init_args.d_model",
+        "model.matcher.init_args.towers",
+    ),
     "pool": (
         "model.matcher.init_args.pool_mass",
         "model.matcher.init_args.audio_glimpses",
@@ -59,6 +65,9 @@ AXES = {
 VARIANTS = sorted(
     str(p.relative_to(CONFIGS)) for axis in AXES for p in (CONFIGS / "demo" / axis).glob("*.yaml")
 )
+# the two regimes' bases: frozen encoders read from the feature cache (make demo), and from scratch
+BASES = ["demo.yaml", "demo_scratch.yaml"]
+SCRATCH_ONLY = {"demo/pool/audio_tokens_160ms.yaml"}  # a LogMel setting: the frozen base has no LogMel
 RECIPES = sorted(str(p.relative_to(CONFIGS)) for p in (CONFIGS / "demo" / "recipes").glob("*.yaml"))
 RECIPE = "demo/recipes/twins.yaml"  # the study's final recipe: variants of several axes in one file
 # the study's row that the twins recipe gathers in one file (benchmarks/study.py fits it with these arguments)
@@ -146,7 +155,7 @@ def names_a_run_folder(config: str) -> bool:
 # ---- configs/ holds what these tests parse, and nothing else ------------------------------------
 def test_every_config_file_is_parsed_by_a_test():
     everything = {str(p.relative_to(CONFIGS)) for p in CONFIGS.rglob("*") if p.is_file()}
-    parsed = {"demo.yaml", *PAPER, *DATA_FRAGMENTS, *VARIANTS, *RECIPES} | {
+    parsed = {*BASES, *PAPER, *DATA_FRAGMENTS, *VARIANTS, *RECIPES} | {
         fragment for stack in PAPER.values() for fragment in stack
     }
     assert everything == parsed, "a config no test parses (or a test of a missing one)"
@@ -191,9 +200,14 @@ def test_print_config_prints_a_paper_config(capsys):
 
 
 # ---- demo variants: each sets its own axis only, so variants of different axes commute ----------
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_demo_variant_sets_only_its_axis(parser, variant):
-    changed = differences(settings(parser, ["demo.yaml"]), settings(parser, ["demo.yaml", variant]))
+def on_bases(variants: list[str]) -> list[tuple[str, str]]:
+    """(base, variant) for every base a variant applies to."""
+    return [(b, v) for b in BASES for v in variants if b == "demo_scratch.yaml" or v not in SCRATCH_ONLY]
+
+
+@pytest.mark.parametrize(("base", "variant"), on_bases(VARIANTS))
+def test_demo_variant_sets_only_its_axis(parser, base, variant):
+    changed = differences(settings(parser, [base]), settings(parser, [base, variant]))
     assert changed, f"{variant} changes nothing"
     outside = {key for key in changed if not within(key, AXES[axis_of(variant)])}
     assert not outside, f"{variant} sets {sorted(outside)}, outside its axis '{axis_of(variant)}'"
@@ -201,23 +215,29 @@ def test_demo_variant_sets_only_its_axis(parser, variant):
 
 
 @pytest.mark.parametrize(
-    ("first", "second"),
-    [(a, b) for a, b in itertools.combinations(VARIANTS, 2) if axis_of(a) != axis_of(b)],
+    ("base", "first", "second"),
+    [
+        (base, a, b)
+        for base in BASES
+        for a, b in itertools.combinations(VARIANTS, 2)
+        if axis_of(a) != axis_of(b) and (base == "demo_scratch.yaml" or not {a, b} & SCRATCH_ONLY)
+    ],
 )
-def test_demo_variants_of_different_axes_commute(parser, first, second):
-    one_way = settings(parser, ["demo.yaml", first, second])
-    other_way = settings(parser, ["demo.yaml", second, first])
+def test_demo_variants_of_different_axes_commute(parser, base, first, second):
+    one_way = settings(parser, [base, first, second])
+    other_way = settings(parser, [base, second, first])
     assert one_way == other_way, f"they differ at {sorted(differences(one_way, other_way))}"
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 @pytest.mark.parametrize("head", [None, "demo/head/biencoder.yaml"])
 def test_demo_recipe_parses_after_a_head(parser, recipe, head):
-    alone, recipe_set = settings(parser, ["demo.yaml"]), settings(parser, ["demo.yaml", recipe])
+    base = "demo_scratch.yaml"  # the recipes are the from-scratch study's
+    alone, recipe_set = settings(parser, [base]), settings(parser, [base, recipe])
     assert differences(alone, recipe_set) and not names_a_run_folder(recipe)
     if head:  # the head variant still decides the head
-        with_head = settings(parser, ["demo.yaml", head, recipe])
-        assert differences(recipe_set, with_head) == differences(alone, settings(parser, ["demo.yaml", head]))
+        with_head = settings(parser, [base, head, recipe])
+        assert differences(recipe_set, with_head) == differences(alone, settings(parser, [base, head]))
 
 
 # ---- run folders: named from the stack ----------------------------------------------------------
@@ -225,7 +245,7 @@ def root_of(configs: list[str], *more: str, subcommand: str = "fit") -> str:
     return parse_only([*configs_args(configs), *more], subcommand).trainer.default_root_dir
 
 
-@pytest.mark.parametrize("config", ["demo.yaml", *sorted(PAPER)])
+@pytest.mark.parametrize("config", [*BASES, *sorted(PAPER)])
 def test_a_config_alone_keeps_its_run_folder(config):
     assert root_of([config]) == f"runs/{stem(config)}"
 
@@ -238,7 +258,8 @@ def test_a_config_alone_keeps_its_run_folder(config):
             ["demo.yaml", "demo/budget/long.yaml", "demo/negatives/order_negatives.yaml"],
             "runs/demo+long+order_negatives",
         ),
-        (["demo.yaml", "demo/head/biencoder.yaml", RECIPE], "runs/demo+biencoder+twins"),
+        (["demo_scratch.yaml", "demo/head/biencoder.yaml", RECIPE], "runs/demo_scratch+biencoder+twins"),
+        (["demo.yaml", "demo/head/towers.yaml"], "runs/demo+towers"),
         (PAPER["clotho_iter.yaml"], "runs/paper+clotho+clap_roberta+iter"),  # the base names none
     ],
 )
@@ -254,7 +275,9 @@ def test_different_stacks_write_to_different_run_folders():
         ["demo.yaml", "demo/budget/long.yaml", "demo/negatives/order_negatives.yaml"],
         ["demo.yaml", "demo/negatives/order_negatives.yaml"],
         ["demo.yaml", "demo/head/single.yaml"],
-        ["demo.yaml", RECIPE],
+        ["demo_scratch.yaml"],
+        ["demo_scratch.yaml", "demo/head/single.yaml"],
+        ["demo_scratch.yaml", RECIPE],
     ]
     folders = [root_of(stack) for stack in stacks]
     assert len(set(folders)) == len(stacks), folders
@@ -309,8 +332,8 @@ def build(tmp_path, configs, override):
 
 
 def test_top_level_configs_are_the_demo_and_the_paper_configs():
-    names = {f"{d}_{h}.yaml" for d in ("clotho", "audiocaps") for h in EXPECTED_HEAD} | {"demo.yaml"}
-    assert names == {p.name for p in CONFIGS.glob("*.yaml")} == set(PAPER) | {"demo.yaml"}
+    names = {f"{d}_{h}.yaml" for d in ("clotho", "audiocaps") for h in EXPECTED_HEAD} | set(BASES)
+    assert names == {p.name for p in CONFIGS.glob("*.yaml")} == set(PAPER) | set(BASES)
 
 
 @pytest.mark.parametrize("config", sorted(PAPER))
@@ -336,9 +359,10 @@ data:
     assert isinstance(model.matcher.cascade, EXPECTED_HEAD[head])
     assert model.matcher.audio_encoder.dim == 768 and model.matcher.text_encoder.dim == 32
     assert model.matcher.audio_encoder.sample_rate == data.train_loader.sample_rate == 48000
-    assert model.objective.loss.aux_weight == (0.0 if head == "biencoder" else 0.5)
-    if model.matcher.cascade is not None:
-        assert model.matcher.cascade.dim == 512
+    assert model.objective.loss.aux_weight == (0.0 if head in ("biencoder", "towers") else 0.5)
+    assert (model.matcher.towers is not None) == (head == "towers")
+    if model.matcher.cascade is not None or model.matcher.towers is not None:  # the same width
+        assert (model.matcher.cascade or model.matcher.towers).dim == 512
     # the CLAP weights came from the checkpoint file
     state = torch.load(weights / "630k-audioset-best.pt", weights_only=True)["state_dict"]
     key = next(k for k in state if k.startswith("module.audio_branch.") and k.endswith("weight"))
@@ -347,17 +371,33 @@ data:
     assert torch.equal(loaded[name].detach(), state[key])
 
 
-@pytest.mark.parametrize("variant", [None, *VARIANTS])
-def test_demo_config_and_variants_build(tmp_path, synthcaps, variant):
-    configs = ["demo.yaml"] + ([variant] if variant else [])
+@pytest.mark.parametrize(("base", "variant"), [(b, None) for b in BASES] + on_bases(VARIANTS))
+def test_demo_config_and_variants_build(tmp_path, synthcaps, base, variant):
+    configs = [base] + ([variant] if variant else [])
     model, data = build(tmp_path, configs, f"data:\n  source:\n    init_args: {{root: {synthcaps}}}\n")
     name = stem(variant) if variant else None
-    assert model.matcher.audio_encoder.sample_rate == data.train_loader.sample_rate == 16000
-    expected = {"single": SingleCascade, "stack": StackingCascade, "biencoder": type(None)}
+    scratch = base == "demo_scratch.yaml"  # a log-mel encoder trained with the head, no feature cache
+    encoder = model.matcher.audio_encoder
+    assert type(encoder) is (LogMelAudioEncoder if scratch else AisfxAudioEncoder)
+    assert encoder.sample_rate == data.train_loader.sample_rate == (16000 if scratch else 44100)
+    assert encoder.frozen != scratch and (data.feature_cache is None) == scratch
+    assert model.encoder_lr == (1e-3 if scratch else 1e-5)
+    if scratch:
+        assert encoder.pool_frames == (8 if name == "audio_tokens_160ms" else 16)
+    if model.matcher.cascade is not None:  # head variants keep the base's width and dropout
+        assert model.matcher.cascade.dim == 128
+        dropouts = {m.p for m in model.matcher.cascade.modules() if isinstance(m, torch.nn.Dropout)}
+        assert dropouts == {0.1 if scratch else 0.0}
+    expected = {
+        "single": SingleCascade,
+        "stack": StackingCascade,
+        "biencoder": type(None),
+        "towers": type(None),
+    }
     assert isinstance(model.matcher.cascade, expected.get(name, IteratingCascade))
+    assert (model.matcher.towers is not None) == (name in ("towers", "towers_iter"))
     assert data.train_loader.max_shift_seconds == (0.32 if name == "train_shift" else 0.0)
     assert data.eval_loader.max_shift_seconds == 0.0
-    assert model.matcher.audio_encoder.pool_frames == (8 if name == "audio_tokens_160ms" else 16)
     assert (model.matcher.audio_pool.mass, model.matcher.text_pool.mass) == (name == "pool_mass", False)
     assert model.matcher.audio_pool.mlp[-1].out_features == (3 if name == "audio_glimpses" else 1)
     assert (model.objective.pairs, model.objective.hard_negatives) == ("hard_negatives", 3)
@@ -393,31 +433,33 @@ def load_study():
 
 
 def test_every_option_of_the_study_parses(parser, monkeypatch):
-    """benchmarks/study.py fits ``configs/demo.yaml`` + each row's ``--config FILE`` and ``--key value``
-    pairs (from the repository): each pair the rows use parses after demo.yaml."""
+    """benchmarks/study.py fits each row: its regime's base config, then ``--config FILE`` and
+    ``--key value`` pairs (from the repository); each pair a row uses parses after its base."""
     monkeypatch.chdir(REPO)
     rows = load_study().RUNS.values()
     assert all(len(args) % 2 == 0 and all(a.startswith("--") for a in args[::2]) for args in rows)
-    pairs = {tuple(args[i : i + 2]) for args in rows for i in range(0, len(args), 2)}
-    for pair in sorted(pairs):
-        assert parser.parse_args(["--config", "configs/demo.yaml", *pair]), pair
+    bases = {f"configs/{b}" for b in BASES}
+    assert all(args[0] == "--config" and args[1] in bases for args in rows)
+    pairs = {(args[1], *args[i : i + 2]) for args in rows for i in range(2, len(args), 2)}
+    for base, *pair in sorted(pairs):
+        assert parser.parse_args(["--config", base, *pair]), (base, pair)
 
 
 @pytest.mark.parametrize("head", [[], ["--config", "configs/demo/head/biencoder.yaml"]])
 def test_twins_recipe_is_the_studys_stack_of_variants(tmp_path, synthcaps, head):
     study = load_study()
 
+    base, *row = study.RUNS[RECIPE_RUN]  # the from-scratch base first
+
     def config(*more):
-        cli = parse(
-            tmp_path,
-            ["--config", "configs/demo.yaml", *head, *more, f"--data.source.init_args.root={synthcaps}"],
-        )
+        cli = parse(tmp_path, [*more, f"--data.source.init_args.root={synthcaps}"])
         settings = cli.config.as_dict()
         settings.pop("config")  # the files it was read from
         return settings, cli.model
 
-    recipe, model = config("--config", f"configs/{RECIPE}")
-    stacked, _ = config(*study.RUNS[RECIPE_RUN])
+    assert (base, row[0]) == ("--config", "configs/demo_scratch.yaml")
+    recipe, model = config(base, row[0], *head, "--config", f"configs/{RECIPE}")
+    stacked, _ = config(base, row[0], *head, *row[1:])
     assert recipe == stacked
     assert recipe["trainer"]["max_epochs"] == 7 and recipe["data"]["train_shift_seconds"] == 0.32
     assert model.matcher.audio_pool.mass and model.matcher.audio_pool.mlp[-1].out_features == 3

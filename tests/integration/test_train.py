@@ -55,6 +55,7 @@ data:
   num_workers: 0
 """
 ITERATING = "{class_path: lacoat.models.cascade.IteratingCascade, init_args: {dim: 32, heads: 2, layers: 1}}"
+TOWERS = "{class_path: lacoat.models.towers.Towers, init_args: {dim: 32, heads: 2, layers: 1}}"
 
 
 def write_config(tmp_path, synthcaps, cascade=ITERATING, train_pairs="full"):
@@ -117,6 +118,10 @@ def test_fit_then_test_finds_best_checkpoint_and_writes_metrics(tmp_path, synthc
     ("cascade", "train_pairs", "extra"),
     [
         ("null", "full", ["--model.objective.order_negatives", "text"]),
+        # the towers baseline: a self-attention stack per side, no cascade
+        ("null", "hard_negatives", ["--model.matcher.init_args.towers", TOWERS]),
+        # towers, then fusion: the cascade re-scores over the towers' outputs
+        (ITERATING, "hard_negatives", ["--model.matcher.init_args.towers", TOWERS]),
         (
             "{class_path: lacoat.models.cascade.SingleCascade, init_args: {dim: 32, heads: 2}}",
             "hard_negatives",
@@ -151,6 +156,8 @@ def test_fit_other_heads_and_pair_modes(tmp_path, synthcaps, cascade, train_pair
     assert state["global_step"] == 3  # three optimiser steps ran with this head and pair mode
     trained = [k for k in state["state_dict"] if k.startswith("matcher.cascade.")]
     assert bool(trained) == (cascade != "null")
+    towers = [k for k in state["state_dict"] if k.startswith("matcher.towers.")]
+    assert bool(towers) == (TOWERS in extra)
     # every trainable parameter (cascade, pools, projections, LogMel encoder, temperature) got gradients
     moments = [s["exp_avg"] for s in state["optimizer_states"][0]["state"].values()]
     n_trainable = sum(len(g["params"]) for g in state["optimizer_states"][0]["param_groups"])

@@ -141,9 +141,29 @@ def test_extract_merges_configs_and_takes_overrides(augmented_demo_dir, synthcap
     ]
     main(["extract", *DEMO_WITH_VARIANT, *overrides, "--stages", "[test]"])
     printed = capsys.readouterr().out
-    assert "audio encoder is trained (frozen: false): its outputs are not cached" in printed
+    assert re.search(r"audio evaluation +10 items: 10 encoded", printed), printed  # both encoders frozen
     assert re.search(r"text +evaluation +50 items: 50 encoded", printed), printed
     assert f"features in {cache}" in printed and list(cache.rglob("shard-*.pt"))
+
+
+def test_extract_leaves_out_a_trained_encoder(synthcaps, tmp_path, capsys):
+    from tests.helpers import minilm_dir
+
+    cache = tmp_path / "cache"
+    main(
+        [
+            "extract",
+            "--config",
+            str(REPO / "configs" / "demo_scratch.yaml"),
+            "--data.source.root",
+            str(synthcaps),
+        ]
+        + ["--data.feature_cache", str(cache), "--stages", "[test]"]
+        + ["--model.matcher.init_args.text_encoder.init_args.model_name", str(minilm_dir())]
+    )
+    printed = capsys.readouterr().out
+    assert "audio encoder is trained (frozen: false): its outputs are not cached" in printed
+    assert re.search(r"text +evaluation +\d+ items: \d+ encoded", printed), printed
 
 
 def test_tool_option_errors_are_one_line(capsys):

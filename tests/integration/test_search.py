@@ -1,5 +1,6 @@
 """lacoat index / lacoat search over a folder of audio with a checkpoint trained here."""
 
+import functools
 import json
 import shutil
 import subprocess
@@ -300,7 +301,8 @@ def test_ctrl_c_is_one_line_and_not_zero(checkpoint, library, tmp_path, capsys, 
     monkeypatch.setattr("lacoat.retrieval.search.search", interrupted)
     code, _, err = run_cli(capsys, "search", "--index", out, "a bell")
     assert code == 130 and err.strip() == "lacoat search: interrupted"
-    monkeypatch.setattr("lacoat.retrieval.index.build_index", interrupted)
+    # lacoat index takes its options from build_index's signature: the stand-in keeps it
+    monkeypatch.setattr("lacoat.retrieval.index.build_index", functools.wraps(build_index)(interrupted))
     code, _, err = run_cli(capsys, "index", "--ckpt", checkpoint, "--audio_dir", library, "--out", out)
     assert code == 130 and len(err.strip().splitlines()) == 1 and "re-run the same command" in err
 

@@ -287,21 +287,9 @@ class AisfxAudioEncoder(AudioEncoder):
         return self.net(self.log_mel(wave))
 
     def forward(self, audio: Tensor, audio_valid: Tensor) -> tuple[Tensor, Tensor]:
-        """Encode windowed 44.1-kHz audio into aiSFX frame tokens.
-
-        Args:
-            audio: windows of samples, zero-padded.
-            audio_valid: real samples per window (0 = padding window).
-
-        Returns:
-            ``audio_tokens`` (zero where invalid) and ``audio_mask`` (True = valid token).
-
-        Shape:
-            - audio: ``[B, W, S]`` float
-            - audio_valid: ``[B, W]`` int64
-            - audio_tokens: ``[B, W * T, 512]`` with ``T = tokens_per_window``
-            - audio_mask: ``[B, W * T]`` bool
-        """
+        """Encode windowed 44.1-kHz audio into aiSFX frame tokens, as ``AudioEncoder.forward`` says:
+        ``[B, W, S]`` windows and ``[B, W]`` real samples → tokens ``[B, W * T, 512]`` (zero where
+        invalid) and their mask ``[B, W * T]``, ``T = tokens_per_window``."""
         self.check_batch(audio, audio_valid)
         b, w, s = audio.shape
         t = self.tokens_per_window

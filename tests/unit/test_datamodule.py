@@ -232,3 +232,14 @@ def test_training_start_shift_is_random_per_read_and_deterministic(synthcaps):
     assert shorter.any() and (a["audio_valid"].sum(1) <= plain["audio_valid"].sum(1)).all()
     with pytest.raises(DataError, match="train_shift_seconds"):
         make_dm(synthcaps, train_shift_seconds=-0.1)
+
+
+def test_a_datamodule_built_at_another_rate_than_the_encoder_is_refused(synthcaps):
+    """Configs link the data's rate to the encoder's; a DataModule built in Python can still differ."""
+    from lacoat.contracts import ModelFacts
+
+    dm = make_dm(synthcaps, sample_rate=8000)
+    facts = ModelFacts(16000, 2.0, "LogMelAudioEncoder", frozen_audio=None, frozen_text=None)
+    with pytest.raises(DataError, match="read at 8000 Hz") as err:
+        dm.connect_model(facts)
+    assert "set data.sample_rate: 16000" in str(err.value)
